@@ -1,0 +1,31 @@
+# The two commands of the README:
+#   make demo   - the main job on the default model
+#   make test   - the test suite
+VENVS ?= .venvs
+SERVE := $(VENVS)/serve/bin
+COMPRESS := $(VENVS)/compress/bin
+export SPARSEGATE_VENVS := $(abspath $(VENVS))
+
+.PHONY: setup demo test lint clean-envs
+
+setup: $(VENVS)/serve/.ready $(VENVS)/compress/.ready
+
+# Stamps make set-up idempotent: an environment is rebuilt only when the
+# package's requirements or the set-up script change.
+$(VENVS)/%/.ready: pyproject.toml scripts/setup-env.sh
+	scripts/setup-env.sh $*
+	@touch $@
+
+demo: setup
+	$(SERVE)/sparsegate models import gemma-3-270m --exist-ok
+	$(SERVE)/sparsegate models list
+
+test: setup
+	$(SERVE)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(SERVE)/ruff check app tests
+	$(SERVE)/ruff format --check app tests
+
+clean-envs:
+	rm -rf $(VENVS)

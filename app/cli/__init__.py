@@ -1,0 +1,1 @@
+"""The `sparsegate` command line: one entry point for every job."""

@@ -1,0 +1,155 @@
+"""`sparsegate models ...`: the registry from the command line."""
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from app.cli.envs import run_in
+from app.config import Settings
+from app.errors import Interrupted
+from app.registry import Registry, Stage, Variant
+
+models_app = typer.Typer(help="The model registry: list, show, import, promote, retire, remove.")
+# Tables stay readable in logs and pipes, where rich would otherwise assume 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 140)
+
+RegistryOpt = Annotated[
+    Path | None,
+    typer.Option("--registry", help="Registry folder [default: $SPARSEGATE_HOME or ./models]"),
+]
+NameArg = Annotated[str, typer.Argument(help="Variant name")]
+
+
+def _home(registry: Path | None) -> Path:
+    return registry or Settings().home
+
+
+def _open(registry: Path | None) -> Registry:
+    return Registry(_home(registry))
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _quality(v: Variant) -> str:
+    if (ratio := v.quality.get("ppl_ratio")) is not None:
+        return f"ppl ×{ratio:.3f}"
+    if fid := v.quality.get("fidelity"):
+        return f"logit err {fid['relative_logit_error']:.2%}"
+    return "-"
+
+
+@models_app.command("list")
+def list_(
+    registry: RegistryOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts")] = False,
+) -> None:
+    """List every variant."""
+    variants = _open(registry).variants()
+    if as_json:
+        typer.echo(json.dumps([v.model_dump(mode="json") for v in variants], indent=2))
+        return
+    table = Table(title=f"Registry {_home(registry)}")
+    for col in ("name", "stage", "base", "parent", "params", "on disk", "sparsity", "quality"):
+        table.add_column(col, justify="right" if col in ("params", "on disk", "sparsity") else "left")
+    table.add_column("created")
+    for v in variants:
+        table.add_row(
+            v.name,
+            v.stage.value,
+            v.base,
+            v.parent or "-",
+            f"{v.param_count / 1e6:.1f} M",
+            _size(v.bytes_on_disk),
+            f"{v.sparsity:.1%}",
+            _quality(v),
+            v.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    console.print(table)
+
+
+@models_app.command()
+def show(name: NameArg, registry: RegistryOpt = None) -> None:
+    """Show one variant's full record (JSON)."""
+    variant = _open(registry).get(name)
+    typer.echo(variant.model_dump_json(indent=2))
+
+
+@models_app.command()
+def promote(
+    name: NameArg,
+    registry: RegistryOpt = None,
+    force: Annotated[bool, typer.Option(help="Promote even if over the quality gate")] = False,
+) -> None:
+    """Make a variant its base's production variant (the previous one becomes a candidate)."""
+    demoted = _open(registry).set_stage(
+        name, Stage.production, force=force, quality_gate=Settings().quality_gate
+    )
+    console.print(f"{name} is now in production" + (f"; demoted {', '.join(demoted)}" if demoted else ""))
+
+
+@models_app.command()
+def retire(name: NameArg, registry: RegistryOpt = None) -> None:
+    """Retire a variant (kept on disk, no longer served)."""
+    _open(registry).set_stage(name, Stage.retired)
+    console.print(f"{name} is retired")
+
+
+@models_app.command()
+def remove(
+    name: NameArg,
+    registry: RegistryOpt = None,
+    force: Annotated[bool, typer.Option(help="Remove even a production variant")] = False,
+) -> None:
+    """Delete a variant's record and files."""
+    _open(registry).remove(name, force=force)
+    console.print(f"{name} removed")
+
+
+@models_app.command("import")
+def import_(
+    source: Annotated[
+        str, typer.Argument(help="'gemma-3-270m' (packaged), a local model folder, or a hub id")
+    ],
+    name: Annotated[str | None, typer.Option(help="Variant name [default: from source]")] = None,
+    registry: RegistryOpt = None,
+    exist_ok: Annotated[bool, typer.Option(help="Succeed if the name is registered")] = False,
+    max_rel_error: Annotated[
+        float, typer.Option(help="Fail above this relative logit error (converted vs source)")
+    ] = 0.03,
+    windows: Annotated[int, typer.Option(min=1, help="Held-out windows for the check")] = 4,
+) -> None:
+    """Import a base model as an ordinary bf16 checkpoint, check it, register it."""
+    run_in("compress")
+    from app.job.importer import import_model
+
+    try:
+        variant = import_model(
+            source,
+            _home(registry),
+            name=name,
+            exist_ok=exist_ok,
+            max_rel_error=max_rel_error,
+            windows=windows,
+            console=console,
+        )
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: nothing was registered") from None
+    fid = variant.quality.get("fidelity", {})
+    console.print(
+        f"[green]registered[/] {variant.name}: {variant.param_count / 1e6:.1f} M parameters, "
+        f"{_size(variant.bytes_on_disk)} on disk; conversion check: relative logit error "
+        f"{fid.get('relative_logit_error', float('nan')):.4%}, top-1 agreement "
+        f"{fid.get('top1_agreement', float('nan')):.1%} over {fid.get('tokens', 0)} tokens",
+        highlight=False,
+    )

