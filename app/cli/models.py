@@ -61,7 +61,9 @@ def list_(
         return
     table = Table(title=f"Registry {_home(registry)}")
     for col in ("name", "stage", "base", "parent", "params", "on disk", "sparsity", "quality"):
-        table.add_column(col, justify="right" if col in ("params", "on disk", "sparsity") else "left")
+        table.add_column(
+            col, justify="right" if col in ("params", "on disk", "sparsity") else "left"
+        )
     table.add_column("created")
     for v in variants:
         table.add_row(
@@ -95,7 +97,9 @@ def promote(
     demoted = _open(registry).set_stage(
         name, Stage.production, force=force, quality_gate=Settings().quality_gate
     )
-    console.print(f"{name} is now in production" + (f"; demoted {', '.join(demoted)}" if demoted else ""))
+    console.print(
+        f"{name} is now in production" + (f"; demoted {', '.join(demoted)}" if demoted else "")
+    )
 
 
 @models_app.command()

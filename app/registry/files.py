@@ -29,7 +29,9 @@ def make_readable(folder: Path) -> None:
 
 def manifest(folder: Path) -> list[FileEntry]:
     return [
-        FileEntry(path=p.relative_to(folder).as_posix(), sha256=sha256_file(p), bytes=p.stat().st_size)
+        FileEntry(
+            path=p.relative_to(folder).as_posix(), sha256=sha256_file(p), bytes=p.stat().st_size
+        )
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != INCOMPLETE_MARKER
     ]

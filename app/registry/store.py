@@ -185,7 +185,9 @@ class Registry:
         if self.find(name) is not None:
             raise SparsegateError(f"variant {name!r} already exists; pick another --name")
         if self.path_of(name).exists():
-            raise SparsegateError(f"{self.path_of(name)} exists but is not registered; move it away")
+            raise SparsegateError(
+                f"{self.path_of(name)} exists but is not registered; move it away"
+            )
 
     def _publish(self, draft: Draft, variant: Variant) -> Variant:
         final = self.path_of(draft.name)
@@ -236,7 +238,8 @@ class Registry:
                     )
                 # One production variant per base: the alias of a base resolves to it.
                 rows = db.execute(
-                    "SELECT name FROM variants WHERE base = ? AND stage = 'production' AND name != ?",
+                    "SELECT name FROM variants"
+                    " WHERE base = ? AND stage = 'production' AND name != ?",
                     (variant.base, name),
                 ).fetchall()
                 demoted = [r["name"] for r in rows]
@@ -260,9 +263,7 @@ class Registry:
                     f"{name} is the parent of {', '.join(children)}; remove those first"
                 )
             if variant.stage is Stage.production and not force:
-                raise SparsegateError(
-                    f"{name} is in production; retire it first or pass --force"
-                )
+                raise SparsegateError(f"{name} is in production; retire it first or pass --force")
             # Marked first: if we die after the commit, the folder is known garbage.
             if folder.exists():
                 (folder / INCOMPLETE_MARKER).touch()
@@ -292,4 +293,3 @@ class Registry:
                     with suppress(FileNotFoundError):
                         marker.unlink()
         return removed
-
