@@ -6,6 +6,7 @@ import sys
 import typer
 from rich.console import Console
 
+from app.cli.compress import compress
 from app.cli.models import models_app
 from app.errors import SparsegateError
 
@@ -17,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(models_app, name="models")
+app.command()(compress)
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -1,0 +1,53 @@
+"""`sparsegate compress`: the offline job."""
+
+from typing import Annotated
+
+import typer
+
+from app.cli.envs import run_in
+from app.cli.models import RegistryOpt, _home, _size, console
+from app.errors import Interrupted
+from app.job.recipe import Recipe
+
+
+def compress(
+    base: Annotated[str, typer.Argument(help="Registered variant to start from")],
+    prune: Annotated[str, typer.Option(help="none, magnitude, wanda or sparsegpt")] = "none",
+    sparsity: Annotated[
+        float | None, typer.Option(help="Share of weights to zero, 0.0-0.95 [default: 0.5]")
+    ] = None,
+    pattern: Annotated[str, typer.Option(help="unstructured, or N:M such as 2:4")] = "unstructured",
+    quant: Annotated[str, typer.Option(help="none, w8a8 or w4a16")] = "none",
+    name: Annotated[str | None, typer.Option(help="Variant name [default: from recipe]")] = None,
+    calibration_samples: Annotated[int, typer.Option(help="Calibration windows")] = 32,
+    seq_len: Annotated[int, typer.Option(help="Tokens per window")] = 256,
+    eval_windows: Annotated[int, typer.Option(min=1, help="Held-out windows")] = 16,
+    registry: RegistryOpt = None,
+) -> None:
+    """Prune and/or quantize a registered model, evaluate it against its dense base, register it."""
+    # Validate before handing over: bad input fails fast, in either environment.
+    recipe = Recipe(
+        prune=prune,
+        sparsity=sparsity,
+        pattern=pattern,
+        quant=quant,
+        calibration_samples=calibration_samples,
+        seq_len=seq_len,
+    )
+    run_in("compress")
+    from app.job.compress import compress as run
+
+    try:
+        v = run(
+            base, recipe, _home(registry), name=name, eval_windows=eval_windows, console=console
+        )
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: nothing was registered") from None
+    q = v.quality
+    console.print(
+        f"[green]registered[/] {v.name}: perplexity {q['ppl']:.2f} "
+        f"(×{q['ppl_ratio']:.3f} of dense {q['ppl_dense']:.2f}), sparsity {v.sparsity:.1%}, "
+        f"{_size(v.bytes_on_disk)} on disk (×{q['bytes_ratio']:.2f}), "
+        f"{q['job_seconds']:.0f} s",
+        highlight=False,
+    )

@@ -1,0 +1,96 @@
+"""One vLLM OpenAI server as a child process (no torch or vLLM import in this process)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from app.errors import SparsegateError
+
+
+@dataclass
+class EngineSettings:
+    model: Path
+    served_name: str
+    port: int
+    host: str = "127.0.0.1"
+    max_model_len: int = 2048
+    kv_cache_gib: float = 1.0  # VLLM_CPU_KVCACHE_SPACE on CPU
+    dtype: str = "auto"
+    # On the CPU, torch.compile costs about a minute of start-up per engine; -O0 skips it.
+    compile: bool = False
+    attention_backend: str | None = None  # e.g. FLASH_ATTN on GPUs
+    extra_args: list[str] = field(default_factory=list)
+    python: str = sys.executable  # the serve environment's interpreter
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        cmd = [
+            self.python, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(self.model),
+            "--served-model-name", self.served_name,
+            "--host", self.host,
+            "--port", str(self.port),
+            "--max-model-len", str(self.max_model_len),
+            "--dtype", self.dtype,
+        ]  # fmt: skip
+        if not self.compile:
+            cmd.append("-O0")
+        if self.attention_backend:
+            cmd += ["--attention-backend", self.attention_backend]
+        return cmd + self.extra_args
+
+
+class VllmProcess:
+    def __init__(self, settings: EngineSettings, log: Path | None = None) -> None:
+        self.settings = settings
+        self.log_path = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(self.settings.kv_cache_gib)}
+        out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
+        # Own process group: stopping the engine also stops its EngineCore child.
+        self.proc = subprocess.Popen(
+            self.settings.command(), stdout=out, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.settings.url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_ready(self, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise SparsegateError(
+                    f"vLLM engine for {self.settings.served_name} exited with code "
+                    f"{self.proc.returncode} during start-up (log: {self.log_path})"
+                )
+            if self.healthy():
+                return
+            time.sleep(1)
+        raise SparsegateError(
+            f"vLLM engine for {self.settings.served_name} not ready in {timeout:.0f} s"
+        )
+
+    def stop(self, grace: float = 20) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()

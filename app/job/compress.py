@@ -1,0 +1,189 @@
+"""`sparsegate compress`: prune and/or quantize a registered model, evaluate, register."""
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from app.errors import SparsegateError
+from app.job.recipe import PruneMethod, QuantScheme, Recipe
+from app.registry import Registry, Variant
+
+EVAL_WINDOWS = 16
+console_err = Console(stderr=True)
+
+
+def compress(
+    base: str,
+    recipe: Recipe,
+    home: Path,
+    *,
+    name: str | None = None,
+    eval_windows: int = EVAL_WINDOWS,
+    console: Console,
+) -> Variant:
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from app.job.evaluate import nm_pattern_holds, perplexity
+    from app.job.progress import Steps
+    from app.job.pruning import PRUNERS
+    from app.job.quantize import quant_modifiers
+    from app.job.stats import overall_sparsity, param_count, prunable_linears, sparsity_by_layer
+    from app.job.text import token_windows
+
+    transformers.logging.set_verbosity_error()
+
+    registry = Registry(home)
+    parent = registry.get(base)
+    if parent.recipe.get("quant", "none") != "none":
+        raise SparsegateError(f"{base} is quantized; compress its unquantized parent instead")
+    name = name or recipe.default_name(base)
+    timings: dict[str, float] = {}
+
+    with registry.draft(name) as draft, Steps(console) as steps:
+        start = time.monotonic()
+        with steps.step(f"Loading {base}"):
+            folder = registry.path_of(base)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+            try:
+                calib = token_windows(
+                    tokenizer, "calibration", recipe.calibration_samples, recipe.seq_len
+                )
+                held_out = token_windows(tokenizer, "evaluation", eval_windows, recipe.seq_len)
+            except ValueError as e:
+                raise SparsegateError(f"not enough text: {e}") from e
+        with steps.step("Evaluating the parent", total=len(held_out)) as advance:
+            ppl_parent = perplexity(model, held_out, advance)
+        dense_ppl = parent.quality.get("ppl_dense", ppl_parent) if parent.parent else ppl_parent
+
+        job_start = time.monotonic()
+        modifiers: list[Any] = []
+        if recipe.prune is not PruneMethod.none:
+            pruner = PRUNERS[recipe.prune.value](recipe.sparsity, recipe.nm)
+            with steps.step(
+                f"Pruning ({recipe.prune.value}, {recipe.pattern}, {recipe.sparsity:.0%})"
+            ):
+                if pruner.needs_calibration:
+                    _oneshot(model, pruner.modifiers(), calib, recipe.seq_len)
+                else:
+                    pruner.apply(model)
+        # Quantization comes after pruning and must keep its zeros: GPTQ's error feedback
+        # would otherwise write into pruned positions, so the mask is re-applied after it.
+        masks = {n: m.weight != 0 for n, m in prunable_linears(model).items()}
+        if recipe.quant is not QuantScheme.none:
+            modifiers = quant_modifiers(recipe.quant)
+            with steps.step(f"Quantizing ({recipe.quant.value})"):
+                _oneshot(model, modifiers, calib, recipe.seq_len)
+                if recipe.prune is not PruneMethod.none:
+                    with torch.no_grad():
+                        for n, m in prunable_linears(model).items():
+                            m.weight.mul_(masks[n].to(m.weight.dtype))
+        timings["compress_s"] = time.monotonic() - job_start
+
+        with steps.step("Evaluating the variant", total=len(held_out)) as advance:
+            ppl = perplexity(model, held_out, advance)
+        layers = sparsity_by_layer(model)
+        sparsity = overall_sparsity(model)
+        pattern_ok = None
+        if recipe.nm is not None:
+            n, m = recipe.nm
+            pattern_ok = all(
+                nm_pattern_holds(x.weight, n, m) for x in prunable_linears(model).values()
+            )
+            if not pattern_ok:
+                raise SparsegateError(f"internal: the {recipe.pattern} pattern does not hold")
+        params = param_count(model)
+
+        with steps.step("Writing the variant"):
+            _save(model, tokenizer, draft.path, quantized=recipe.quant is not QuantScheme.none)
+        timings["total_s"] = time.monotonic() - start
+        size = sum(f.stat().st_size for f in draft.path.rglob("*") if f.is_file())
+        report = {
+            "base": parent.base,
+            "parent": parent.name,
+            "recipe": recipe.model_dump(mode="json"),
+            "evaluation": {
+                "text": "pydoc_data evaluation split",
+                "windows": len(held_out),
+                "seq_len": recipe.seq_len,
+            },
+            "dense": {"ppl": dense_ppl},
+            "parent_ppl": ppl_parent,
+            "variant": {"ppl": ppl, "params": params, "sparsity": sparsity, "bytes": size},
+            "ppl_ratio": ppl / dense_ppl,
+            "bytes_ratio": size / parent.bytes_on_disk,
+            "sparsity_by_layer": layers,
+            "pattern_holds": pattern_ok,
+            "timings": timings,
+        }
+        (draft.path / "report.json").write_text(json.dumps(report, indent=2))
+        variant = draft.publish(
+            base=parent.base,
+            parent=parent.name,
+            recipe={"op": "compress", **recipe.model_dump(mode="json")},
+            param_count=params,
+            sparsity=sparsity,
+            quality={
+                "ppl": ppl,
+                "ppl_dense": dense_ppl,
+                "ppl_ratio": ppl / dense_ppl,
+                "pattern_holds": pattern_ok,
+                "eval": report["evaluation"],
+                "bytes_ratio": report["bytes_ratio"],
+                "job_seconds": timings["total_s"],
+            },
+        )
+    return variant
+
+
+def _oneshot(model: Any, modifiers: list[Any], windows: list[list[int]], seq_len: int) -> None:
+    from datasets import Dataset
+    from llmcompressor import oneshot
+
+    _quiet_llmcompressor()
+    data = Dataset.from_dict(
+        {"input_ids": windows, "attention_mask": [[1] * len(w) for w in windows]}
+    )
+    oneshot(
+        model=model,
+        dataset=data,
+        recipe=modifiers,
+        num_calibration_samples=len(windows),
+        max_seq_length=seq_len,
+        pipeline="sequential",
+    )
+
+
+def _save(model: Any, tokenizer: Any, out: Path, *, quantized: bool) -> None:
+    import torch
+
+    # The job computes in float32; the variant is stored like its base, in bf16 (int8/int4
+    # packed weights for quantized layers). Pruned weights stay dense tensors with zeros:
+    # current vLLM has no sparse kernels and refuses a checkpoint declaring 2:4 sparsity.
+    model.to(torch.bfloat16)
+    model.config.dtype = torch.bfloat16
+    model.save_pretrained(out, save_compressed=quantized, disable_sparse_compression=True)
+    tokenizer.save_pretrained(out)
+    config_path = out / "config.json"
+    config = json.loads(config_path.read_text())
+    qc = config.get("quantization_config") or {}
+    if qc.pop("sparsity_config", None) is not None:
+        config_path.write_text(json.dumps(config, indent=2))
+
+
+def _quiet_llmcompressor() -> None:
+    """llm-compressor logs every layer it touches; the job shows progress bars instead."""
+    import warnings
+
+    from loguru import logger
+
+    logger.remove()
+    logger.add(lambda msg: console_err.print(msg, end=""), level="ERROR")
+    warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded")
