@@ -18,6 +18,8 @@ $(VENVS)/%/.ready: pyproject.toml scripts/setup-env.sh
 
 demo: setup
 	$(SERVE)/sparsegate models import gemma-3-270m --exist-ok
+	@$(SERVE)/sparsegate models show gemma-3-270m-wanda2of4-w8a8 >/dev/null 2>&1 || \
+	  $(SERVE)/sparsegate compress gemma-3-270m --prune wanda --pattern 2:4 --quant w8a8
 	$(SERVE)/sparsegate models list
 
 test: setup

@@ -38,3 +38,45 @@ def default_registry(tmp_path_factory) -> Path:
     proc = run_cli("models", "import", "gemma-3-270m", registry=home)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     return home
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def engines(tmp_path_factory):
+    """Start vLLM engines (in parallel, shared by the session): engines({name: folder})."""
+    from app.engines.vllm_process import EngineSettings, VllmProcess
+
+    started: list[VllmProcess] = []
+    logs = tmp_path_factory.mktemp("engine-logs")
+
+    def start(models: dict[str, Path]) -> dict[str, str]:
+        batch = [
+            VllmProcess(
+                EngineSettings(
+                    model=folder, served_name=name, port=free_port(), max_model_len=1024
+                ),
+                log=logs / f"{name}.log",
+            )
+            for name, folder in models.items()
+        ]
+        for engine in batch:
+            engine.start()
+            started.append(engine)
+        for engine in batch:
+            try:
+                engine.wait_ready(timeout=600)
+            except Exception:
+                print(engine.log_path.read_text()[-5000:])
+                raise
+        return {e.settings.served_name: e.settings.url for e in batch}
+
+    yield start
+    for engine in started:
+        engine.stop()

@@ -20,7 +20,7 @@ class EngineSettings:
     port: int
     host: str = "127.0.0.1"
     max_model_len: int = 2048
-    kv_cache_gib: float = 1.0  # VLLM_CPU_KVCACHE_SPACE on CPU
+    kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE on CPU (whole GiB)
     dtype: str = "auto"
     # On the CPU, torch.compile costs about a minute of start-up per engine; -O0 skips it.
     compile: bool = False

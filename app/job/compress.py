@@ -35,6 +35,7 @@ def compress(
     from app.job.pruning import PRUNERS
     from app.job.quantize import quant_modifiers
     from app.job.stats import overall_sparsity, param_count, prunable_linears, sparsity_by_layer
+    from app.job.structured import channel_scores, prune_channels
     from app.job.text import token_windows
 
     transformers.logging.set_verbosity_error()
@@ -64,8 +65,14 @@ def compress(
         dense_ppl = parent.quality.get("ppl_dense", ppl_parent) if parent.parent else ppl_parent
 
         job_start = time.monotonic()
-        modifiers: list[Any] = []
-        if recipe.prune is not PruneMethod.none:
+        if recipe.structured:
+            label = f"Removing {recipe.sparsity:.0%} of MLP channels ({recipe.prune.value})"
+            with steps.step(label):
+                use_activations = recipe.prune is not PruneMethod.magnitude
+                prune_channels(
+                    model, channel_scores(model, calib, use_activations), recipe.sparsity
+                )
+        elif recipe.prune is not PruneMethod.none:
             pruner = PRUNERS[recipe.prune.value](recipe.sparsity, recipe.nm)
             with steps.step(
                 f"Pruning ({recipe.prune.value}, {recipe.pattern}, {recipe.sparsity:.0%})"
@@ -78,10 +85,9 @@ def compress(
         # would otherwise write into pruned positions, so the mask is re-applied after it.
         masks = {n: m.weight != 0 for n, m in prunable_linears(model).items()}
         if recipe.quant is not QuantScheme.none:
-            modifiers = quant_modifiers(recipe.quant)
             with steps.step(f"Quantizing ({recipe.quant.value})"):
-                _oneshot(model, modifiers, calib, recipe.seq_len)
-                if recipe.prune is not PruneMethod.none:
+                _oneshot(model, quant_modifiers(recipe.quant), calib, recipe.seq_len)
+                if recipe.prune is not PruneMethod.none and not recipe.structured:
                     with torch.no_grad():
                         for n, m in prunable_linears(model).items():
                             m.weight.mul_(masks[n].to(m.weight.dtype))
@@ -116,7 +122,9 @@ def compress(
             },
             "dense": {"ppl": dense_ppl},
             "parent_ppl": ppl_parent,
+            "dense_params": parent.param_count,
             "variant": {"ppl": ppl, "params": params, "sparsity": sparsity, "bytes": size},
+            "params_ratio": params / parent.param_count,
             "ppl_ratio": ppl / dense_ppl,
             "bytes_ratio": size / parent.bytes_on_disk,
             "sparsity_by_layer": layers,
@@ -137,6 +145,7 @@ def compress(
                 "pattern_holds": pattern_ok,
                 "eval": report["evaluation"],
                 "bytes_ratio": report["bytes_ratio"],
+                "params_ratio": report["params_ratio"],
                 "job_seconds": timings["total_s"],
             },
         )

@@ -26,7 +26,9 @@ class QuantScheme(StrEnum):
 class Recipe(BaseModel):
     prune: PruneMethod = PruneMethod.none
     sparsity: float | None = None
-    pattern: str = "unstructured"  # or N:M, e.g. 2:4 (N zeros in every M weights)
+    # unstructured; N:M, e.g. 2:4 (N zeros in every M weights); or channels (structured:
+    # removes that share of MLP channels, scored by activations unless --prune magnitude)
+    pattern: str = "unstructured"
     quant: QuantScheme = QuantScheme.none
     calibration_samples: int = 32
     seq_len: int = 256
@@ -49,9 +51,9 @@ class Recipe(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "Recipe":
-        if self.pattern != "unstructured" and self.nm is None:
+        if self.pattern not in ("unstructured", "channels") and self.nm is None:
             raise SparsegateError(
-                f"unknown pattern {self.pattern!r}: use 'unstructured' or N:M such as 2:4"
+                f"unknown pattern {self.pattern!r}: use unstructured, channels or N:M such as 2:4"
             )
         if self.nm is not None:
             n, m = self.nm
@@ -82,10 +84,16 @@ class Recipe(BaseModel):
             raise SparsegateError("need at least 1 calibration sample of at least 16 tokens")
         return self
 
+    @property
+    def structured(self) -> bool:
+        return self.pattern == "channels"
+
     def default_name(self, base: str) -> str:
         parts = [base]
         if self.prune is not PruneMethod.none:
             shape = self.pattern.replace(":", "of") if self.nm else f"{self.sparsity * 100:.0f}"
+            if self.structured:
+                shape = f"ch{shape}"
             parts.append(f"{self.prune.value}{shape}")
         if self.quant is not QuantScheme.none:
             parts.append(self.quant.value)

@@ -1,0 +1,133 @@
+"""The real offline job on the default model: prune, quantize, evaluate, register, serve."""
+
+import json
+
+import httpx
+import pytest
+from safetensors.torch import load_file
+
+from app.engines.scoring import served_perplexity
+from app.job.evaluate import nm_pattern_holds
+from app.registry import Registry
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+BASE = "gemma-3-270m"
+FAST = ["--calibration-samples", "4", "--eval-windows", "4"]
+JOBS = {
+    "unstructured": ["--prune", "wanda", "--sparsity", "0.5"],
+    "nm-w8a8": ["--prune", "wanda", "--pattern", "2:4", "--quant", "w8a8"],
+    "channels": ["--prune", "magnitude", "--pattern", "channels", "--sparsity", "0.5"],
+}
+
+
+@pytest.fixture(scope="module")
+def variants(default_registry):
+    for name, args in JOBS.items():
+        proc = run_cli("compress", BASE, *args, *FAST, "--name", name, registry=default_registry)
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        assert f"registered {name}" in proc.stdout
+    return Registry(default_registry)
+
+
+def _prunable(state: dict) -> dict:
+    return {k: v for k, v in state.items() if ".layers." in k and k.endswith("proj.weight")}
+
+
+def test_records_and_reports(variants, default_registry):
+    dense = variants.get(BASE)
+    for name in JOBS:
+        v = variants.get(name)
+        assert v.parent == BASE and v.base == BASE and v.recipe["op"] == "compress"
+        report = json.loads((default_registry / name / "report.json").read_text())
+        assert report["variant"]["ppl"] == pytest.approx(v.quality["ppl"])
+        assert v.quality["ppl_ratio"] == pytest.approx(v.quality["ppl"] / v.quality["ppl_dense"])
+        assert v.quality["ppl_ratio"] > 1.0  # removing weights costs quality on real text
+        assert set(report["sparsity_by_layer"]) and report["evaluation"]["windows"] == 4
+        assert "report.json" in {f.path for f in v.files}
+        # (measured before report.json, a few kB, was written)
+        ratio = v.bytes_on_disk / dense.bytes_on_disk
+        assert v.quality["bytes_ratio"] == pytest.approx(ratio, rel=1e-3)
+
+
+def test_unstructured_sparsity_is_in_the_saved_weights(variants, default_registry):
+    weights = _prunable(load_file(default_registry / "unstructured" / "model.safetensors"))
+    assert len(weights) == 18 * 7
+    for name, w in weights.items():
+        # Wanda prunes per output row: every row loses at least half its weights.
+        assert ((w == 0).float().mean(dim=1) >= 0.5).all(), name
+    assert variants.get("unstructured").sparsity == pytest.approx(0.5, abs=0.01)
+
+
+def test_two_four_pattern_holds_in_int8_weights(variants, default_registry):
+    folder = default_registry / "nm-w8a8"
+    config = json.loads((folder / "config.json").read_text())
+    qc = config["quantization_config"]
+    assert qc["quant_method"] == "compressed-tensors" and "sparsity_config" not in qc
+    weights = _prunable(load_file(folder / "model.safetensors"))
+    assert weights and all(str(w.dtype) == "torch.int8" for w in weights.values())
+    for name, w in weights.items():
+        assert nm_pattern_holds(w, 2, 4), name
+    assert variants.get("nm-w8a8").quality["pattern_holds"] is True
+    # Each linear weight is 1 byte instead of bf16's 2 (the bf16 embedding, most of this
+    # small model's bytes, stays as it is).
+    linear_params = sum(w.numel() for w in weights.values())
+    saved = variants.get(BASE).bytes_on_disk - variants.get("nm-w8a8").bytes_on_disk
+    assert saved > 0.95 * linear_params
+
+
+def test_channel_pruning_makes_a_smaller_model(variants, default_registry):
+    config = json.loads((default_registry / "channels" / "config.json").read_text())
+    assert config["intermediate_size"] == 1024  # half of Gemma 3 270M's 2048
+    v, dense = variants.get("channels"), variants.get(BASE)
+    assert dense.param_count - v.param_count == 18 * 3 * 640 * 1024
+    assert v.bytes_on_disk < dense.bytes_on_disk
+
+
+def test_vllm_serves_every_variant_as_evaluated(variants, default_registry, engines):
+    from transformers import AutoTokenizer
+
+    from app.job.text import token_windows
+
+    urls = engines({name: default_registry / name for name in JOBS})
+    tokenizer = AutoTokenizer.from_pretrained(default_registry / BASE)
+    windows = token_windows(tokenizer, "evaluation", 4, 256)  # the job's held-out windows
+    for name, url in urls.items():
+        r = httpx.post(
+            f"{url}/v1/completions",
+            json={"model": name, "prompt": "The for statement", "max_tokens": 8},
+            timeout=120,
+        )
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] > 0
+        served = served_perplexity(url, name, windows)
+        evaluated = variants.get(name).quality["ppl"]
+        # bf16 kernels (and int8 ones for W8A8) against the job's float32 evaluation.
+        assert served == pytest.approx(evaluated, rel=0.1), name
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--prune", "wanda", "--sparsity", "1.5"], "--sparsity must be above 0.0"),
+        (["--prune", "wanda", "--sparsity", "0"], "--sparsity must be above 0.0"),
+        (["--prune", "wanda", "--pattern", "2:4", "--sparsity", "0.7"], "2:4 means 50%"),
+        (["--prune", "pruney"], "unknown --prune 'pruney'"),
+        (["--quant", "int3"], "unknown --quant 'int3'"),
+        (["--pattern", "3:2", "--prune", "wanda"], "N must be between 1 and M-1"),
+        ([], "nothing to do"),
+        (["--prune", "wanda", "--name", "unstructured"], "'unstructured' already exists"),
+        (["--prune", "wanda", "--name", "Bad/Name"], "invalid variant name"),
+    ],
+)
+def test_bad_input_is_one_line_and_registers_nothing(variants, default_registry, args, message):
+    before = {v.name for v in variants.variants()}
+    proc = run_cli("compress", BASE, *args, registry=default_registry)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+    assert {v.name for v in variants.variants()} == before
+
+
+def test_unknown_base(default_registry):
+    proc = run_cli("compress", "nope", "--prune", "wanda", registry=default_registry)
+    assert proc.returncode == 2 and "unknown variant 'nope'" in proc.stderr
