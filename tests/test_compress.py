@@ -20,11 +20,16 @@ JOBS = {
     "nm-w8a8": ["--prune", "wanda", "--pattern", "2:4", "--quant", "w8a8"],
     "channels": ["--prune", "magnitude", "--pattern", "channels", "--sparsity", "0.5"],
 }
+# Not served (the kinds above are): recovery and iterative pruning.
+EXTRA = {
+    "lora": ["--prune", "wanda", "--sparsity", "0.5", "--recover", "lora", "--steps", "5"],
+    "iterative": ["--prune", "magnitude", "--schedule", "0.3,0.5"],
+}
 
 
 @pytest.fixture(scope="module")
 def variants(default_registry):
-    for name, args in JOBS.items():
+    for name, args in {**JOBS, **EXTRA}.items():
         proc = run_cli("compress", BASE, *args, *FAST, "--name", name, registry=default_registry)
         assert proc.returncode == 0, proc.stderr + proc.stdout
         assert f"registered {name}" in proc.stdout
@@ -51,13 +56,25 @@ def test_records_and_reports(variants, default_registry):
         assert v.quality["bytes_ratio"] == pytest.approx(ratio, rel=1e-3)
 
 
+def _weights(variants, name):
+    return _prunable(load_file(variants.servable_path(name) / "model.safetensors"))
+
+
 def test_unstructured_sparsity_is_in_the_saved_weights(variants, default_registry):
-    weights = _prunable(load_file(default_registry / "unstructured" / "model.safetensors"))
+    weights = _weights(variants, "unstructured")
     assert len(weights) == 18 * 7
     for name, w in weights.items():
         # Wanda prunes per output row: every row loses at least half its weights.
         assert ((w == 0).float().mean(dim=1) >= 0.5).all(), name
-    assert variants.get("unstructured").sparsity == pytest.approx(0.5, abs=0.01)
+    v, dense = variants.get("unstructured"), variants.get(BASE)
+    assert v.sparsity == pytest.approx(0.5, abs=0.01)
+    # Sparse at rest: bitmask + non-zero values; the engine gets the dense layout back.
+    files = {f.path for f in v.files}
+    assert "model.sparse.safetensors" in files and "model.safetensors" not in files
+    # At 50% zeros a bf16 weight costs 1/8 byte of mask + half of 2 bytes: 0.875 saved.
+    linear_params = sum(w.numel() for w in weights.values())
+    assert dense.bytes_on_disk - v.bytes_on_disk > 0.95 * 0.875 * linear_params
+    assert v.bytes_on_disk < 0.9 * dense.bytes_on_disk
 
 
 def test_two_four_pattern_holds_in_int8_weights(variants, default_registry):
@@ -65,7 +82,7 @@ def test_two_four_pattern_holds_in_int8_weights(variants, default_registry):
     config = json.loads((folder / "config.json").read_text())
     qc = config["quantization_config"]
     assert qc["quant_method"] == "compressed-tensors" and "sparsity_config" not in qc
-    weights = _prunable(load_file(folder / "model.safetensors"))
+    weights = _weights(variants, "nm-w8a8")
     assert weights and all(str(w.dtype) == "torch.int8" for w in weights.values())
     for name, w in weights.items():
         assert nm_pattern_holds(w, 2, 4), name
@@ -73,8 +90,9 @@ def test_two_four_pattern_holds_in_int8_weights(variants, default_registry):
     # Each linear weight is 1 byte instead of bf16's 2 (the bf16 embedding, most of this
     # small model's bytes, stays as it is).
     linear_params = sum(w.numel() for w in weights.values())
-    saved = variants.get(BASE).bytes_on_disk - variants.get("nm-w8a8").bytes_on_disk
-    assert saved > 0.95 * linear_params
+    served = json.loads((folder / "report.json").read_text())["bytes_served"]
+    assert variants.get(BASE).bytes_on_disk - served > 0.95 * linear_params
+    assert variants.get("nm-w8a8").bytes_on_disk < served  # and sparse at rest on top
 
 
 def test_channel_pruning_makes_a_smaller_model(variants, default_registry):
@@ -85,12 +103,30 @@ def test_channel_pruning_makes_a_smaller_model(variants, default_registry):
     assert v.bytes_on_disk < dense.bytes_on_disk
 
 
+def test_lora_recovery_improves_and_keeps_exact_sparsity(variants, default_registry):
+    report = json.loads((default_registry / "lora" / "report.json").read_text())
+    (rec,) = report["recovery"]
+    assert rec["steps"] == 5 and rec["loss_last"] < rec["loss_first"]
+    # Merging the adapters fills pruned positions; the re-applied mask empties them again.
+    assert rec["sparsity_merged"] < rec["sparsity_before"] == rec["sparsity_after"]
+    weights = _weights(variants, "lora")
+    unstructured = _weights(variants, "unstructured")
+    zeros = sum(int((w == 0).sum()) for w in weights.values())
+    assert zeros == sum(int((w == 0).sum()) for w in unstructured.values())
+    assert report["variant"]["ppl"] < report["ppl_before_recovery"]
+
+
+def test_iterative_schedule_reaches_the_final_sparsity(variants):
+    v = variants.get("iterative")
+    assert v.recipe["schedule"] == [0.3, 0.5] and v.sparsity == pytest.approx(0.5, abs=0.01)
+
+
 def test_vllm_serves_every_variant_as_evaluated(variants, default_registry, engines):
     from transformers import AutoTokenizer
 
     from app.job.text import token_windows
 
-    urls = engines({name: default_registry / name for name in JOBS})
+    urls = engines({name: variants.servable_path(name) for name in JOBS})
     tokenizer = AutoTokenizer.from_pretrained(default_registry / BASE)
     windows = token_windows(tokenizer, "evaluation", 4, 256)  # the job's held-out windows
     for name, url in urls.items():
@@ -118,6 +154,10 @@ def test_vllm_serves_every_variant_as_evaluated(variants, default_registry, engi
         ([], "nothing to do"),
         (["--prune", "wanda", "--name", "unstructured"], "'unstructured' already exists"),
         (["--prune", "wanda", "--name", "Bad/Name"], "invalid variant name"),
+        (["--prune", "wanda", "--calibration-data", "/no/such.txt"], "not found"),
+        (["--prune", "wanda", "--schedule", "0.5,0.3"], "--schedule must increase"),
+        (["--prune", "wanda", "--pattern", "2:4", "--schedule", "0.3,0.5"], "unstructured"),
+        (["--prune", "wanda", "--recover", "qlora"], "unknown --recover 'qlora'"),
     ],
 )
 def test_bad_input_is_one_line_and_registers_nothing(variants, default_registry, args, message):
@@ -131,3 +171,16 @@ def test_bad_input_is_one_line_and_registers_nothing(variants, default_registry,
 def test_unknown_base(default_registry):
     proc = run_cli("compress", "nope", "--prune", "wanda", registry=default_registry)
     assert proc.returncode == 2 and "unknown variant 'nope'" in proc.stderr
+
+
+def test_calibration_file_may_not_hold_evaluation_text(default_registry, tmp_path):
+    from app.job.text import pydoc_texts
+
+    leaky = tmp_path / "calib.txt"
+    leaky.write_text("some text\n" + pydoc_texts("evaluation")[0])
+    proc = run_cli(
+        "compress", BASE, "--prune", "magnitude", "--calibration-data", str(leaky),
+        "--name", "leaky", registry=default_registry,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "contains held-out evaluation text" in proc.stderr
+    assert Registry(default_registry).find("leaky") is None

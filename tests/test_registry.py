@@ -226,3 +226,10 @@ def test_files_are_readable_by_other_users(tmp_path):
         os.chmod(secret, 0o600)  # what safetensors does
         draft.publish()
     assert (tmp_path / "private" / "weights.bin").stat().st_mode & 0o044 == 0o044
+
+
+def test_update_quality_merges(tmp_path):
+    reg = Registry(tmp_path, create=True)
+    _register(reg, "m", quality={"fidelity": {"x": 1}})
+    reg.update_quality("m", {"ppl_by_eval": {"w": 3.0}})
+    assert Registry(tmp_path).get("m").quality == {"fidelity": {"x": 1}, "ppl_by_eval": {"w": 3.0}}

@@ -1,12 +1,13 @@
 """`sparsegate compress`: the offline job."""
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from app.cli.envs import run_in
 from app.cli.models import RegistryOpt, _home, _size, console
-from app.errors import Interrupted
+from app.errors import Interrupted, SparsegateError
 from app.job.recipe import Recipe
 
 
@@ -21,7 +22,15 @@ def compress(
     name: Annotated[str | None, typer.Option(help="Variant name [default: from recipe]")] = None,
     calibration_samples: Annotated[int, typer.Option(help="Calibration windows")] = 32,
     seq_len: Annotated[int, typer.Option(help="Tokens per window")] = 256,
+    calibration_data: Annotated[
+        Path | None, typer.Option(help="Text file for calibration [default: built-in text]")
+    ] = None,
     eval_windows: Annotated[int, typer.Option(min=1, help="Held-out windows")] = 16,
+    recover: Annotated[str, typer.Option(help="none, or lora (fine-tune after pruning)")] = "none",
+    steps: Annotated[int, typer.Option(help="LoRA steps per recovery")] = 100,
+    schedule: Annotated[
+        str | None, typer.Option(help="Iterative sparsities, e.g. 0.3,0.5 (prune, recover, ...)")
+    ] = None,
     registry: RegistryOpt = None,
 ) -> None:
     """Prune and/or quantize a registered model, evaluate it against its dense base, register it."""
@@ -33,6 +42,10 @@ def compress(
         quant=quant,
         calibration_samples=calibration_samples,
         seq_len=seq_len,
+        calibration_data=calibration_data,
+        recover=recover,
+        steps=steps,
+        schedule=_floats(schedule) if schedule else None,
     )
     run_in("compress")
     from app.job.compress import compress as run
@@ -51,3 +64,30 @@ def compress(
         f"{q['job_seconds']:.0f} s",
         highlight=False,
     )
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise SparsegateError(f"--schedule takes numbers like 0.3,0.5, not {text!r}") from None
+
+
+bench_app = typer.Typer(help="Benchmarks that print figures (quality now; serving next).")
+
+
+@bench_app.command()
+def quality(
+    base: Annotated[str, typer.Argument(help="Dense registered model")] = "gemma-3-270m",
+    quick: Annotated[bool, typer.Option(help="Wanda rows only (50%, 2:4)")] = False,
+    out: Annotated[str, typer.Option(help="JSON results file")] = "quality.json",
+    registry: RegistryOpt = None,
+) -> None:
+    """Compress the base with every recipe of the quality table and print the table."""
+    run_in("compress")
+    from app.job.bench_quality import run
+
+    try:
+        run(base, _home(registry), quick, Path(out), console)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: finished rows stay registered") from None

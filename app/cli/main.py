@@ -6,7 +6,7 @@ import sys
 import typer
 from rich.console import Console
 
-from app.cli.compress import compress
+from app.cli.compress import bench_app, compress
 from app.cli.models import models_app
 from app.errors import SparsegateError
 
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 app.add_typer(models_app, name="models")
 app.command()(compress)
+app.add_typer(bench_app, name="bench")
 
 
 def _terminate(signum: int, frame: object) -> None:

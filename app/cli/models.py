@@ -88,6 +88,12 @@ def show(name: NameArg, registry: RegistryOpt = None) -> None:
 
 
 @models_app.command()
+def path(name: NameArg, registry: RegistryOpt = None) -> None:
+    """Print a folder an engine can load (expanding sparse-at-rest weights, bit-exact)."""
+    typer.echo(_open(registry).servable_path(name))
+
+
+@models_app.command()
 def promote(
     name: NameArg,
     registry: RegistryOpt = None,

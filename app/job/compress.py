@@ -34,9 +34,11 @@ def compress(
     from app.job.progress import Steps
     from app.job.pruning import PRUNERS
     from app.job.quantize import quant_modifiers
+    from app.job.recover import lora_recover
     from app.job.stats import overall_sparsity, param_count, prunable_linears, sparsity_by_layer
     from app.job.structured import channel_scores, prune_channels
-    from app.job.text import token_windows
+    from app.job.text import read_calibration_file, token_windows
+    from app.registry.sparse_store import pack
 
     transformers.logging.set_verbosity_error()
 
@@ -54,33 +56,54 @@ def compress(
             tokenizer = AutoTokenizer.from_pretrained(folder)
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
             try:
+                text = (
+                    read_calibration_file(recipe.calibration_data)
+                    if recipe.calibration_data
+                    else None
+                )
                 calib = token_windows(
-                    tokenizer, "calibration", recipe.calibration_samples, recipe.seq_len
+                    tokenizer, "calibration", recipe.calibration_samples, recipe.seq_len, text
                 )
                 held_out = token_windows(tokenizer, "evaluation", eval_windows, recipe.seq_len)
             except ValueError as e:
                 raise SparsegateError(f"not enough text: {e}") from e
-        with steps.step("Evaluating the parent", total=len(held_out)) as advance:
-            ppl_parent = perplexity(model, held_out, advance)
+        # The parent's perplexity on these windows is stored with it and reused.
+        eval_key = f"pydoc-eval/{len(held_out)}x{recipe.seq_len}"
+        ppl_parent = parent.quality.get("ppl_by_eval", {}).get(eval_key)
+        if ppl_parent is None:
+            with steps.step("Evaluating the parent", total=len(held_out)) as advance:
+                ppl_parent = perplexity(model, held_out, advance)
+            known = {**parent.quality.get("ppl_by_eval", {}), eval_key: ppl_parent}
+            registry.update_quality(parent.name, {"ppl_by_eval": known})
         dense_ppl = parent.quality.get("ppl_dense", ppl_parent) if parent.parent else ppl_parent
 
         job_start = time.monotonic()
-        if recipe.structured:
-            label = f"Removing {recipe.sparsity:.0%} of MLP channels ({recipe.prune.value})"
-            with steps.step(label):
-                use_activations = recipe.prune is not PruneMethod.magnitude
-                prune_channels(
-                    model, channel_scores(model, calib, use_activations), recipe.sparsity
-                )
-        elif recipe.prune is not PruneMethod.none:
-            pruner = PRUNERS[recipe.prune.value](recipe.sparsity, recipe.nm)
-            with steps.step(
-                f"Pruning ({recipe.prune.value}, {recipe.pattern}, {recipe.sparsity:.0%})"
-            ):
-                if pruner.needs_calibration:
-                    _oneshot(model, pruner.modifiers(), calib, recipe.seq_len)
-                else:
-                    pruner.apply(model)
+        recoveries: list[dict] = []
+        ppl_oneshot = None
+        for stage, target in enumerate(recipe.schedule or [recipe.sparsity]):
+            if recipe.prune is PruneMethod.none:
+                break
+            if recipe.structured:
+                with steps.step(f"Removing {target:.0%} of MLP channels ({recipe.prune.value})"):
+                    use_activations = recipe.prune is not PruneMethod.magnitude
+                    prune_channels(model, channel_scores(model, calib, use_activations), target)
+            else:
+                pruner = PRUNERS[recipe.prune.value](target, recipe.nm)
+                with steps.step(f"Pruning ({recipe.prune.value}, {recipe.pattern}, {target:.0%})"):
+                    if pruner.needs_calibration:
+                        _oneshot(model, pruner.modifiers(), calib, recipe.seq_len)
+                    else:
+                        pruner.apply(model)
+            if recipe.recover == "lora":
+                if stage == 0 or recipe.schedule is None:
+                    with steps.step("Evaluating before recovery", total=len(held_out)) as advance:
+                        ppl_oneshot = perplexity(model, held_out, advance)
+                with steps.step(f"LoRA recovery ({target:.0%})", total=recipe.steps) as advance:
+                    model, recovery = lora_recover(
+                        model, calib, recipe.steps, keep_mask=not recipe.structured,
+                        on_step=advance,
+                    )  # fmt: skip
+                recoveries.append({"sparsity": target, **recovery.as_dict()})
         # Quantization comes after pruning and must keep its zeros: GPTQ's error feedback
         # would otherwise write into pruned positions, so the mask is re-applied after it.
         masks = {n: m.weight != 0 for n, m in prunable_linears(model).items()}
@@ -90,7 +113,7 @@ def compress(
                 if recipe.prune is not PruneMethod.none and not recipe.structured:
                     with torch.no_grad():
                         for n, m in prunable_linears(model).items():
-                            m.weight.mul_(masks[n].to(m.weight.dtype))
+                            m.weight.masked_fill_(~masks[n], 0.0)
         timings["compress_s"] = time.monotonic() - job_start
 
         with steps.step("Evaluating the variant", total=len(held_out)) as advance:
@@ -109,6 +132,11 @@ def compress(
 
         with steps.step("Writing the variant"):
             _save(model, tokenizer, draft.path, quantized=recipe.quant is not QuantScheme.none)
+            dense_layout = sum(f.stat().st_size for f in draft.path.rglob("*") if f.is_file())
+        if sparsity > 0 and not recipe.structured:
+            with steps.step("Packing pruned weights sparse at rest"):
+                for f in sorted(draft.path.glob("*.safetensors")):
+                    pack(f)
         timings["total_s"] = time.monotonic() - start
         size = sum(f.stat().st_size for f in draft.path.rglob("*") if f.is_file())
         report = {
@@ -127,8 +155,12 @@ def compress(
             "params_ratio": params / parent.param_count,
             "ppl_ratio": ppl / dense_ppl,
             "bytes_ratio": size / parent.bytes_on_disk,
+            # What the engine loads once the sparse files are expanded.
+            "bytes_served": dense_layout,
             "sparsity_by_layer": layers,
             "pattern_holds": pattern_ok,
+            "ppl_before_recovery": ppl_oneshot,
+            "recovery": recoveries,
             "timings": timings,
         }
         (draft.path / "report.json").write_text(json.dumps(report, indent=2))
@@ -143,6 +175,7 @@ def compress(
                 "ppl_dense": dense_ppl,
                 "ppl_ratio": ppl / dense_ppl,
                 "pattern_holds": pattern_ok,
+                "ppl_before_recovery": ppl_oneshot,
                 "eval": report["evaluation"],
                 "bytes_ratio": report["bytes_ratio"],
                 "params_ratio": report["params_ratio"],

@@ -2,6 +2,7 @@
 
 import re
 from enum import StrEnum
+from pathlib import Path
 
 from pydantic import BaseModel, field_validator, model_validator
 
@@ -32,6 +33,10 @@ class Recipe(BaseModel):
     quant: QuantScheme = QuantScheme.none
     calibration_samples: int = 32
     seq_len: int = 256
+    calibration_data: Path | None = None  # a text file; default: pydoc calibration split
+    recover: str = "none"  # or lora: fine-tune LoRA adapters after (each) pruning step
+    steps: int = 100  # LoRA training steps per recovery
+    schedule: list[float] | None = None  # iterative: prune to each sparsity in turn
 
     @field_validator("prune", "quant", mode="before")
     @classmethod
@@ -67,19 +72,35 @@ class Recipe(BaseModel):
                     f"pattern {self.pattern} means {implied:.0%} sparsity, "
                     f"but --sparsity is {self.sparsity:g}"
                 )
+        if self.schedule is not None and self.prune is not PruneMethod.none:
+            if self.nm is not None or self.structured:
+                raise SparsegateError("--schedule works with unstructured pruning only")
+            if not self.schedule or any(
+                b <= a for a, b in zip(self.schedule, self.schedule[1:], strict=False)
+            ):
+                raise SparsegateError("--schedule must increase, e.g. 0.3,0.5")
+            if self.sparsity is not None and self.sparsity != self.schedule[-1]:
+                raise SparsegateError("--schedule ends at the final sparsity; drop --sparsity")
+            self.sparsity = self.schedule[-1]
         if self.prune is PruneMethod.none:
-            if self.sparsity is not None or self.pattern != "unstructured":
-                raise SparsegateError("--sparsity and --pattern need a --prune method")
+            if self.sparsity is not None or self.pattern != "unstructured" or self.schedule:
+                raise SparsegateError("--sparsity, --pattern and --schedule need a --prune method")
             if self.quant is QuantScheme.none:
                 raise SparsegateError("nothing to do: give --prune and/or --quant")
         else:
             if self.sparsity is None:
                 self.sparsity = 0.5
-            if not 0.0 < self.sparsity <= MAX_SPARSITY:
+            if not all(0.0 < x <= MAX_SPARSITY for x in [self.sparsity, *(self.schedule or [])]):
                 raise SparsegateError(
                     f"--sparsity must be above 0.0 and at most {MAX_SPARSITY}, "
                     f"not {self.sparsity:g}"
                 )
+        if self.recover not in ("none", "lora"):
+            raise SparsegateError(f"unknown --recover {self.recover!r}: use none or lora")
+        if self.recover == "lora" and self.steps < 1:
+            raise SparsegateError("--steps must be at least 1 for LoRA recovery")
+        if self.calibration_data is not None and not self.calibration_data.is_file():
+            raise SparsegateError(f"calibration data file {self.calibration_data} not found")
         if self.calibration_samples < 1 or self.seq_len < 16:
             raise SparsegateError("need at least 1 calibration sample of at least 16 tokens")
         return self
@@ -95,6 +116,10 @@ class Recipe(BaseModel):
             if self.structured:
                 shape = f"ch{shape}"
             parts.append(f"{self.prune.value}{shape}")
+        if self.schedule:
+            parts.append("iter")
+        if self.recover == "lora":
+            parts.append("lora")
         if self.quant is not QuantScheme.none:
             parts.append(self.quant.value)
         return "-".join(parts)

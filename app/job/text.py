@@ -7,7 +7,10 @@ text is ever seen in calibration.
 """
 
 import hashlib
+from pathlib import Path
 from typing import Literal
+
+from app.errors import SparsegateError
 
 Split = Literal["calibration", "evaluation"]
 _EVAL_SHARE = 5  # one topic in five is held out for evaluation
@@ -25,9 +28,23 @@ def pydoc_texts(split: Split) -> list[str]:
     return [t for t in texts if _is_eval(t) == want_eval]
 
 
-def token_windows(tokenizer, split: Split, n_windows: int, seq_len: int) -> list[list[int]]:
-    """`n_windows` windows of `seq_len` tokens (BOS first where the tokenizer has one)."""
-    text = "\n\n".join(pydoc_texts(split))
+def read_calibration_file(path: Path) -> str:
+    """A user's calibration text, refused if it contains any of the evaluation text."""
+    if not path.is_file():
+        raise SparsegateError(f"calibration data file {path} not found")
+    text = path.read_text(errors="replace")
+    if any(t in text for t in pydoc_texts("evaluation")):
+        raise SparsegateError(f"{path} contains held-out evaluation text; calibration must not")
+    return text
+
+
+def token_windows(
+    tokenizer, split: Split, n_windows: int, seq_len: int, text: str | None = None
+) -> list[list[int]]:
+    """`n_windows` windows of `seq_len` tokens (BOS first where the tokenizer has one).
+
+    `text` replaces the built-in text of the split (a user's calibration file)."""
+    text = text if text is not None else "\n\n".join(pydoc_texts(split))
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     step = seq_len - len(bos)

@@ -22,6 +22,8 @@ from app.errors import SparsegateError
 from app.registry.files import INCOMPLETE_MARKER, make_readable, manifest
 from app.registry.names import validate_name
 from app.registry.records import FileEntry, Stage, Variant
+from app.registry.sparse_store import SUFFIX as SPARSE_SUFFIX
+from app.registry.sparse_store import expand
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS variants (
@@ -41,6 +43,7 @@ CREATE TABLE IF NOT EXISTS variants (
 )
 """
 _STAGING = ".staging"
+_EXPANDED = ".expanded"
 _HOST = socket.gethostname()
 
 
@@ -151,6 +154,34 @@ class Registry:
     def path_of(self, name: str) -> Path:
         return self.home / validate_name(name)
 
+    def servable_path(self, name: str) -> Path:
+        """A folder an engine can load: the variant's own, or its sparse files expanded.
+
+        Expansion is cached under `.expanded/` and written atomically (temp folder, rename)."""
+        folder = self.path_of(self.get(name).name)
+        sparse = sorted(folder.glob(f"*{SPARSE_SUFFIX}"))
+        if not sparse:
+            return folder
+        target = self.home / _EXPANDED / name
+        if target.exists():
+            return target
+        tmp = self.home / _EXPANDED / f"{name}@{_HOST}@{os.getpid()}@{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        try:
+            for f in folder.iterdir():
+                if f.is_file() and not f.name.endswith(SPARSE_SUFFIX):
+                    os.link(f, tmp / f.name)  # same bytes, no copy
+            for f in sparse:
+                expand(f, tmp / (f.name.removesuffix(SPARSE_SUFFIX) + ".safetensors"))
+            try:
+                os.rename(tmp, target)
+            except OSError:  # another process expanded it first
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
     # -- writing ---------------------------------------------------------------------
 
     @contextmanager
@@ -253,6 +284,17 @@ class Registry:
             )
         return demoted
 
+    def update_quality(self, name: str, figures: dict[str, Any]) -> Variant:
+        """Merge `figures` into a variant's quality record (e.g. a new evaluation)."""
+        with self._write() as db:
+            variant = self.get(name)
+            variant.quality.update(figures)
+            db.execute(
+                "UPDATE variants SET quality = ?, updated_at = ? WHERE name = ?",
+                (json.dumps(variant.quality), _now(), name),
+            )
+        return variant
+
     def remove(self, name: str, *, force: bool = False) -> None:
         folder = self.path_of(name)
         with self._write() as db:
@@ -269,6 +311,7 @@ class Registry:
                 (folder / INCOMPLETE_MARKER).touch()
             db.execute("DELETE FROM variants WHERE name = ?", (name,))
         shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(self.home / _EXPANDED / name, ignore_errors=True)
 
     def collect_garbage(self) -> list[Path]:
         """Delete what interrupted jobs left: drafts of dead processes, unbacked folders."""
