@@ -8,6 +8,7 @@ from rich.console import Console
 
 from app.cli.compress import bench_app, compress
 from app.cli.models import models_app
+from app.cli.serve import serve
 from app.errors import SparsegateError
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ app = typer.Typer(
 app.add_typer(models_app, name="models")
 app.command()(compress)
 app.add_typer(bench_app, name="bench")
+app.command()(serve)
 
 
 def _terminate(signum: int, frame: object) -> None:

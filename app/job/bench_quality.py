@@ -21,6 +21,7 @@ PRUNING = [
 # 70% of the MLP channels is as many parameters as 50% of all decoder linears in Gemma 3
 # 270M (MLPs hold ~70% of them): the structured row at equal parameter count.
 STRUCTURED = ("channels 70%", {"pattern": "channels", "sparsity": 0.7})
+LORA_STEPS = 100
 
 
 def recipes(quick: bool) -> dict[str, Recipe]:
@@ -33,6 +34,7 @@ def recipes(quick: bool) -> dict[str, Recipe]:
                 name = f"q-{method}-{label.replace(':', 'of').rstrip('%')}{suffix}"
                 rows[name] = Recipe(prune=method, quant=quant, **args)
         rows[f"q-channels70{suffix}"] = Recipe(prune="wanda", quant=quant, **STRUCTURED[1])
+    rows["q-wanda-50-lora"] = Recipe(prune="wanda", sparsity=0.5, recover="lora", steps=LORA_STEPS)
     return rows
 
 
@@ -67,6 +69,8 @@ def _row(name: str, recipe: Recipe, v: Variant, dense: Variant) -> dict:
         "bytes_ratio": v.bytes_on_disk / dense.bytes_on_disk,
         "measured_sparsity": v.sparsity,
         "job_seconds": v.quality["job_seconds"],
+        "recover": recipe.recover,
+        "ppl_before_recovery": v.quality.get("ppl_before_recovery"),
     }
 
 
@@ -89,7 +93,8 @@ def _print(rows: list[dict], dense: Variant, console: Console) -> None:
         )
     for r in rows:
         table.add_row(
-            r["variant"], r["prune"], f"{r['pattern']} {r['sparsity']:.0%}", r["quant"],
+            r["variant"], r["prune"] + ("+lora" if r["recover"] == "lora" else ""),
+            f"{r['pattern']} {r['sparsity']:.0%}", r["quant"],
             f"{r['ppl']:.2f}", f"{r['ppl_ratio']:.3f}", f"{r['params'] / 1e6:.1f} M",
             f"{r['bytes'] / 1e6:.0f} MB", f"{r['bytes_ratio']:.2f}", f"{r['job_seconds']:.0f}",
         )  # fmt: skip

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible gateway. Light by design: never imports torch or vLLM."""
