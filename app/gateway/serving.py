@@ -15,9 +15,8 @@ from app.gateway.upstream import (
     Engine,
     EngineUnavailable,
     Timings,
-    complete,
-    open_stream,
     relay_sse,
+    send,
 )
 
 PIN_HEADER = "x-sparsegate-variant"
@@ -80,10 +79,7 @@ class Gateway:
             timings = Timings()
             engine.inflight += 1
             try:
-                if request.stream:
-                    response = await open_stream(engine, path, upstream)
-                else:
-                    response = await complete(engine, path, upstream)
+                response = await send(engine, path, upstream, stream=request.stream)
             except EngineUnavailable:
                 engine.inflight -= 1
                 continue

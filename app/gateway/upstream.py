@@ -44,23 +44,13 @@ class Timings:
         return out
 
 
-async def complete(engine: Engine, path: str, body: dict) -> httpx.Response:
-    try:
-        response = await engine.client.post(path, json=body)
-    except httpx.TimeoutException as e:
-        raise GatewayError(504, f"engine {engine.name} timed out") from e
-    except httpx.HTTPError as e:
-        raise EngineUnavailable(str(e)) from e
-    if response.status_code >= 500:
-        raise EngineUnavailable(f"engine {engine.name} answered {response.status_code}")
-    return response
+async def send(engine: Engine, path: str, body: dict, *, stream: bool) -> httpx.Response:
+    """POST to the engine; with `stream`, return once it has answered with headers.
 
-
-async def open_stream(engine: Engine, path: str, body: dict) -> httpx.Response:
-    """Send a streaming request; returns once the engine has answered with headers."""
+    Raises EngineUnavailable when it failed before any byte (the caller may fall back)."""
     request = engine.client.build_request("POST", path, json=body)
     try:
-        response = await engine.client.send(request, stream=True)
+        response = await engine.client.send(request, stream=stream)
     except httpx.TimeoutException as e:
         raise GatewayError(504, f"engine {engine.name} timed out") from e
     except httpx.HTTPError as e:

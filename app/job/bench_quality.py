@@ -21,21 +21,22 @@ PRUNING = [
 # 70% of the MLP channels is as many parameters as 50% of all decoder linears in Gemma 3
 # 270M (MLPs hold ~70% of them): the structured row at equal parameter count.
 STRUCTURED = ("channels 70%", {"pattern": "channels", "sparsity": 0.7})
-LORA_STEPS = 100
+LORA_STEPS = 60
 
 
-def recipes(quick: bool) -> dict[str, Recipe]:
-    rows: dict[str, Recipe] = {}
+def recipes(base: str, quick: bool) -> dict[str, tuple[str, Recipe]]:
+    """Row name -> (parent, recipe). Each W8A8 row quantizes its pruned row, as a user would."""
+    pruned: dict[str, tuple[str, Recipe]] = {}
     methods = ["wanda"] if quick else ["magnitude", "wanda", "sparsegpt"]
-    for quant in ("none", "w8a8"):
-        suffix = "" if quant == "none" else "-w8a8"
-        for method in methods:
-            for label, args in PRUNING[:2] if quick else PRUNING:
-                name = f"q-{method}-{label.replace(':', 'of').rstrip('%')}{suffix}"
-                rows[name] = Recipe(prune=method, quant=quant, **args)
-        rows[f"q-channels70{suffix}"] = Recipe(prune="wanda", quant=quant, **STRUCTURED[1])
-    rows["q-wanda-50-lora"] = Recipe(prune="wanda", sparsity=0.5, recover="lora", steps=LORA_STEPS)
-    return rows
+    for method in methods:
+        for label, args in PRUNING[:2] if quick else PRUNING:
+            name = f"q-{method}-{label.replace(':', 'of').rstrip('%')}"
+            pruned[name] = (base, Recipe(prune=method, **args))
+    pruned["q-channels70"] = (base, Recipe(prune="wanda", **STRUCTURED[1]))
+    rows = {"q-w8a8": (base, Recipe(quant="w8a8")), **pruned}
+    rows |= {f"{name}-w8a8": (name, Recipe(quant="w8a8")) for name in pruned}
+    lora = Recipe(prune="wanda", sparsity=0.5, recover="lora", steps=LORA_STEPS)
+    return rows | {"q-wanda-50-lora": (base, lora)}
 
 
 def run(base: str, home: Path, quick: bool, out: Path, console: Console) -> list[dict]:
@@ -44,9 +45,14 @@ def run(base: str, home: Path, quick: bool, out: Path, console: Console) -> list
     registry = Registry(home)
     dense = registry.get(base)
     results = []
-    for name, recipe in recipes(quick).items():
-        variant = registry.find(name) or compress(base, recipe, home, name=name, console=console)
-        results.append(_row(name, recipe, variant, dense))
+    for name, (parent, recipe) in recipes(base, quick).items():
+        variant = registry.find(name) or compress(parent, recipe, home, name=name, console=console)
+        shown = recipe
+        if parent != base:  # a quantized row shows the pruning it inherits
+            stored = registry.get(parent).recipe
+            inherited = {k: v for k, v in stored.items() if k in Recipe.model_fields}
+            shown = Recipe.model_validate({**inherited, "quant": recipe.quant})
+        results.append(_row(name, shown, variant, dense))
     out.write_text(json.dumps(results, indent=2))
     _print(results, dense, console)
     console.print(f"results: {out}")

@@ -52,7 +52,7 @@ def compress(
     with registry.draft(name) as draft, Steps(console) as steps:
         start = time.monotonic()
         with steps.step(f"Loading {base}"):
-            folder = registry.path_of(base)
+            folder = registry.servable_path(base)  # sparse-at-rest parents expand
             tokenizer = AutoTokenizer.from_pretrained(folder)
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
             try:
@@ -104,13 +104,13 @@ def compress(
                         on_step=advance,
                     )  # fmt: skip
                 recoveries.append({"sparsity": target, **recovery.as_dict()})
-        # Quantization comes after pruning and must keep its zeros: GPTQ's error feedback
-        # would otherwise write into pruned positions, so the mask is re-applied after it.
+        # Quantization comes after pruning (here or in a parent) and must keep its zeros:
+        # GPTQ's error feedback would write into pruned positions, so they are re-zeroed.
         masks = {n: m.weight != 0 for n, m in prunable_linears(model).items()}
         if recipe.quant is not QuantScheme.none:
             with steps.step(f"Quantizing ({recipe.quant.value})"):
                 _oneshot(model, quant_modifiers(recipe.quant), calib, recipe.seq_len)
-                if recipe.prune is not PruneMethod.none and not recipe.structured:
+                if not recipe.structured:
                     with torch.no_grad():
                         for n, m in prunable_linears(model).items():
                             m.weight.masked_fill_(~masks[n], 0.0)
