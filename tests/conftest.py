@@ -48,9 +48,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def engines(tmp_path_factory):
-    """Start vLLM engines (in parallel, shared by the session): engines({name: folder})."""
+    """Start vLLM engines in parallel: engines({name: folder}). Shared by a module's tests
+    and stopped after it: a 2-core, 24 GiB machine holds one module's engines, not all."""
     from app.engines.vllm_process import EngineSettings, VllmProcess
 
     started: list[VllmProcess] = []

@@ -53,7 +53,7 @@ def run(base: str, home: Path, quick: bool, out: Path, console: Console) -> list
             inherited = {k: v for k, v in stored.items() if k in Recipe.model_fields}
             shown = Recipe.model_validate({**inherited, "quant": recipe.quant})
         results.append(_row(name, shown, variant, dense))
-    out.write_text(json.dumps(results, indent=2))
+        out.write_text(json.dumps(results, indent=2))  # after every row: partial runs count
     _print(results, dense, console)
     console.print(f"results: {out}")
     return results
