@@ -13,7 +13,7 @@ device=${SPARSEGATE_DEVICE:-$(command -v nvidia-smi >/dev/null 2>&1 && echo gpu 
 py=${PYTHON:-python3}
 
 case $role in
-  serve) extras="serve-$device,gateway,test" ;;
+  serve) extras="serve-$device,gateway,bench,test" ;;
   compress) extras="compress" ;;
   *) echo "setup-env.sh: unknown environment '$role' (serve or compress)" >&2; exit 2 ;;
 esac

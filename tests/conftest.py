@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,28 +49,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def engines(tmp_path_factory):
-    """Start vLLM engines in parallel: engines({name: folder}). Shared by a module's tests
-    and stopped after it: a 2-core, 24 GiB machine holds one module's engines, not all."""
-    from app.engines.vllm_process import EngineSettings, VllmProcess
+class EngineStarter:
+    """Starts vLLM engines in parallel: starter({name: folder}) -> {name: url}."""
 
-    started: list[VllmProcess] = []
-    logs = tmp_path_factory.mktemp("engine-logs")
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.started = []
 
-    def start(models: dict[str, Path]) -> dict[str, str]:
+    def __call__(self, models: dict[str, Path]) -> dict[str, str]:
+        from app.engines.vllm_process import EngineSettings, VllmProcess
+
         batch = [
             VllmProcess(
                 EngineSettings(
                     model=folder, served_name=name, port=free_port(), max_model_len=1024
                 ),
-                log=logs / f"{name}.log",
+                log=self.logs / f"{name}.log",
             )
             for name, folder in models.items()
         ]
         for engine in batch:
             engine.start()
-            started.append(engine)
+            self.started.append(engine)
         for engine in batch:
             try:
                 engine.wait_ready(timeout=600)
@@ -78,6 +79,95 @@ def engines(tmp_path_factory):
                 raise
         return {e.settings.served_name: e.settings.url for e in batch}
 
+    def stop(self) -> None:
+        for engine in self.started:
+            engine.stop()
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    """Engines shared by a module's tests and stopped after it: a 2-core, 24 GiB machine
+    holds one module's real-model engines, not all of them."""
+    starter = EngineStarter(tmp_path_factory.mktemp("engine-logs"))
+    yield starter
+    starter.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_registry(tmp_path_factory, tiny_model_dir) -> Path:
+    """The tiny model and a 50% magnitude-pruned variant of it (`tiny-p`)."""
+    home = tmp_path_factory.mktemp("tiny-registry")
+    proc = run_cli("models", "import", str(tiny_model_dir), "--name", "tiny", registry=home)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli(
+        "compress", "tiny", "--prune", "magnitude", "--sparsity", "0.5", "--name", "tiny-p",
+        "--calibration-samples", "4", "--eval-windows", "2", registry=home,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_engines(tmp_path_factory, tiny_registry):
+    """Three small engines for the whole session (gateway, metrics, dashboards):
+    tiny-a and tiny-b serve the tiny model, tiny-p its pruned variant."""
+    from app.registry.store import Registry
+
+    registry = Registry(tiny_registry)
+    starter = EngineStarter(tmp_path_factory.mktemp("tiny-engine-logs"))
+    yield starter(
+        {
+            "tiny-a": registry.path_of("tiny"),
+            "tiny-b": registry.path_of("tiny"),
+            "tiny-p": registry.servable_path("tiny-p"),
+        }
+    )
+    starter.stop()
+
+
+@pytest.fixture(scope="session")
+def start_gateway(tmp_path_factory):
+    """start_gateway(deployment dict, *serve args) -> URL of a running `sparsegate serve`."""
+    import httpx
+    import yaml
+
+    procs: list[subprocess.Popen] = []
+    tmp = tmp_path_factory.mktemp("gateways")
+
+    def start(deployment: dict, *args: str) -> str:
+        port = free_port()
+        config = tmp / f"deploy-{port}.yaml"
+        config.write_text(yaml.safe_dump(deployment))
+        proc = subprocess.Popen(
+            [str(SPARSEGATE), "serve", "--config", str(config), "--port", str(port), *args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    return url
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise AssertionError("gateway did not start")
+
     yield start
-    for engine in started:
-        engine.stop()
+    for proc in procs:
+        proc.terminate()
+        proc.wait(30)
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """Sum of a metric's samples at url/metrics whose labels include `labels`."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total

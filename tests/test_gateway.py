@@ -4,58 +4,29 @@ import asyncio
 import hashlib
 import json
 import math
-import subprocess
 import time
 
 import httpx
 import openai
 import pytest
-import yaml
 
-from tests.conftest import SPARSEGATE, free_port, run_cli
+from tests.conftest import free_port, metric
 
 PROMPT = "The for statement is used to"
 
 
 @pytest.fixture(scope="module")
-def tiny_engines(tmp_path_factory, tiny_model_dir, engines):
-    home = tmp_path_factory.mktemp("gw-registry")
-    proc = run_cli("models", "import", str(tiny_model_dir), "--name", "tiny", registry=home)
-    assert proc.returncode == 0, proc.stderr
-    folder = home / "tiny"
-    return engines({"tiny-a": folder, "tiny-b": folder, "tiny-c": folder})
-
-
-def _start_gateway(tmp_path, deployment: dict) -> str:
-    config = tmp_path / f"deploy-{free_port()}.yaml"
-    config.write_text(yaml.safe_dump(deployment))
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(SPARSEGATE), "serve", "--config", str(config), "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read()
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                _start_gateway.procs.append(proc)
-                return url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise AssertionError("gateway did not start")
-
-
-_start_gateway.procs = []
-
-
-@pytest.fixture(scope="module")
-def gateway(tiny_engines, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("gw")
+def gateway(tiny_engines, tiny_registry, start_gateway):
     variants = {name: {"url": url} for name, url in tiny_engines.items()}
+    variants["tiny-a"]["registry_name"] = "tiny"
     variants["tiny-a-limited"] = {
         "url": tiny_engines["tiny-a"], "served_name": "tiny-a", "max_inflight": 1
+    }  # fmt: skip
+    variants["tiny-a-priced"] = {
+        "url": tiny_engines["tiny-a"], "served_name": "tiny-a", "price_per_hour": 36.0
+    }  # fmt: skip
+    variants["tiny-a-impatient"] = {
+        "url": tiny_engines["tiny-a"], "served_name": "tiny-a", "request_timeout_s": 0.2
     }  # fmt: skip
     variants["dead"] = {"url": f"http://127.0.0.1:{free_port()}"}
     deployment = {
@@ -64,12 +35,13 @@ def gateway(tiny_engines, tmp_path_factory):
         "aliases": {
             "tiny": {"split": {"tiny-a": 0.7, "tiny-b": 0.3}},
             "standby": {"split": {"dead": 1.0, "tiny-b": 0.0}},
+            "shadowed": {
+                "split": {"tiny-a": 1.0},
+                "shadow": {"variant": "tiny-p", "fraction": 1.0},
+            },
         },
     }
-    yield _start_gateway(tmp, deployment)
-    for proc in _start_gateway.procs:
-        proc.terminate()
-        proc.wait(30)
+    return start_gateway(deployment, "--registry", str(tiny_registry))
 
 
 @pytest.fixture
@@ -79,7 +51,7 @@ def client(gateway):
 
 def test_models_lists_variants_and_aliases(client):
     ids = {m.id for m in client.models.list()}
-    assert {"tiny-a", "tiny-b", "tiny-c", "tiny", "standby"} <= ids
+    assert {"tiny-a", "tiny-b", "tiny-p", "tiny", "standby"} <= ids
 
 
 def test_completion_matches_the_engine_and_its_usage(client, tiny_engines):
@@ -143,9 +115,9 @@ def test_alias_split_is_weighted_and_sticky(gateway):
 
 def test_header_pins_a_variant(client):
     r = client.completions.with_raw_response.create(
-        model="tiny", prompt="x", max_tokens=1, extra_headers={"x-sparsegate-variant": "tiny-c"}
+        model="tiny", prompt="x", max_tokens=1, extra_headers={"x-sparsegate-variant": "tiny-p"}
     )
-    assert r.headers["x-sparsegate-variant"] == "tiny-c"
+    assert r.headers["x-sparsegate-variant"] == "tiny-p"
 
 
 def test_falls_back_when_the_chosen_engine_is_down(client):
@@ -208,10 +180,9 @@ def test_bounded_inflight_answers_429(gateway):
     assert second.status_code == 429 and second.headers["retry-after"] == "1"
 
 
-def test_api_keys(tiny_engines, tmp_path):
+def test_api_keys(tiny_engines, start_gateway):
     digest = hashlib.sha256(b"s3cret").hexdigest()
-    url = _start_gateway(
-        tmp_path,
+    url = start_gateway(
         {
             "gateway": {"api_keys_sha256": [digest]},
             "variants": {"tiny-a": {"url": tiny_engines["tiny-a"]}},
@@ -222,3 +193,194 @@ def test_api_keys(tiny_engines, tmp_path):
     bad = openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.completions.create(model="tiny-a", prompt="x", max_tokens=1)
+
+
+def _wait_for(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.2)
+
+
+def test_metrics_count_requests_and_tokens_exactly(client, gateway, tiny_engines):
+    def figures() -> dict[str, float]:
+        return {
+            "requests": metric(
+                gateway, "sparsegate_requests_total", variant="tiny-b", outcome="ok"
+            ),
+            "prompt": metric(gateway, "sparsegate_prompt_tokens_total", variant="tiny-b"),
+            "completion": metric(gateway, "sparsegate_completion_tokens_total", variant="tiny-b"),
+            "ttft": metric(
+                gateway, "sparsegate_time_to_first_token_seconds_count", variant="tiny-b"
+            ),
+        }
+
+    direct = openai.OpenAI(base_url=f"{tiny_engines['tiny-b']}/v1", api_key="x")
+    stream_prompt = direct.completions.create(model="tiny-b", prompt=PROMPT, max_tokens=1)
+    before = figures()
+    seen_prompt = seen_completion = 0
+    for i in range(3):
+        usage = client.completions.create(
+            model="tiny-b", prompt=f"{PROMPT} {i}", max_tokens=7
+        ).usage
+        seen_prompt += usage.prompt_tokens
+        seen_completion += usage.completion_tokens
+    for _ in range(2):  # streamed, the client not asking for usage: still counted exactly
+        body = {"model": "tiny-b", "prompt": PROMPT, "max_tokens": 9, "stream": True,
+                "ignore_eos": True}  # fmt: skip
+        with httpx.stream("POST", f"{gateway}/v1/completions", json=body, timeout=60) as r:
+            events = [ln for ln in r.iter_lines() if ln.startswith("data: {")]
+        assert all(json.loads(e[6:]).get("usage") is None for e in events)
+        seen_prompt += stream_prompt.usage.prompt_tokens
+        seen_completion += 9
+    after = figures()
+    assert after["requests"] - before["requests"] == 5
+    assert after["prompt"] - before["prompt"] == seen_prompt
+    assert after["completion"] - before["completion"] == seen_completion
+    assert after["ttft"] - before["ttft"] == 2  # streams only
+
+
+def test_error_metrics_by_status(client, gateway):
+    labels = {"variant": "none", "alias": "none", "outcome": "invalid", "status": "404"}
+    before = metric(gateway, "sparsegate_requests_total", **labels)
+    for _ in range(2):
+        with pytest.raises(openai.NotFoundError):
+            client.completions.create(model="nope", prompt="x")
+    assert metric(gateway, "sparsegate_requests_total", **labels) - before == 2
+
+
+def test_fallback_is_counted(client, gateway):
+    labels = {"alias": "standby", "from_variant": "dead", "to_variant": "tiny-b"}
+    before = metric(gateway, "sparsegate_fallbacks_total", **labels)
+    client.completions.create(model="standby", prompt="x", max_tokens=1)
+    assert metric(gateway, "sparsegate_fallbacks_total", **labels) - before == 1
+
+
+def test_cost_is_price_times_shared_busy_time(gateway):
+    price = 36.0  # dollars per hour: 0.01 per second
+
+    def cost() -> float:
+        return metric(gateway, "sparsegate_cost_dollars_total", variant="tiny-a-priced")
+
+    def e2e() -> float:
+        return metric(gateway, "sparsegate_request_duration_seconds_sum", variant="tiny-a-priced")
+
+    body = {"model": "tiny-a-priced", "prompt": PROMPT, "max_tokens": 200, "ignore_eos": True}
+    # One at a time: each request is charged its own duration.
+    c0, t0 = cost(), e2e()
+    for _ in range(3):
+        assert httpx.post(f"{gateway}/v1/completions", json=body, timeout=60).status_code == 200
+    charged, took = cost() - c0, e2e() - t0
+    assert charged == pytest.approx(price / 3600 * took, rel=0.05)
+
+    # Four at once: they share the engine, so together they cost its busy time, not 4x it.
+    async def burst() -> float:
+        async with httpx.AsyncClient(base_url=gateway, timeout=120) as http:
+            start = time.perf_counter()
+            results = await asyncio.gather(
+                *(http.post("/v1/completions", json=body) for _ in range(4))
+            )
+            assert all(r.status_code == 200 for r in results)
+            return time.perf_counter() - start
+
+    c0, t0 = cost(), e2e()
+    wall = asyncio.run(burst())
+    charged, summed = cost() - c0, e2e() - t0
+    assert charged <= price / 3600 * wall * 1.02
+    assert charged >= price / 3600 * wall * 0.6
+    assert summed > 2 * wall  # the requests did overlap, so sharing mattered
+
+
+def test_shadow_traffic_is_compared_and_accounted_apart(client, gateway, tiny_engines):
+    prompts = [f"{PROMPT} {w}" for w in ("loop", "value", "name", "list")]
+    labels = {"alias": "shadowed", "variant": "tiny-p"}
+
+    def shadow(name: str, **extra: str) -> float:
+        return metric(gateway, name, **labels, **extra)
+
+    before = {
+        "compared": shadow("sparsegate_shadow_requests_total", outcome="compared"),
+        "exact": shadow("sparsegate_shadow_exact_matches_total"),
+        "prefix": shadow("sparsegate_shadow_common_prefix_tokens_total"),
+        "total": shadow("sparsegate_shadow_compared_tokens_total"),
+        "user_p": metric(gateway, "sparsegate_completion_tokens_total", variant="tiny-p"),
+        "user_a": metric(gateway, "sparsegate_completion_tokens_total", variant="tiny-a"),
+    }
+    direct_a = openai.OpenAI(base_url=f"{tiny_engines['tiny-a']}/v1", api_key="x")
+    direct_p = openai.OpenAI(base_url=f"{tiny_engines['tiny-p']}/v1", api_key="x")
+    expected_exact, user_tokens = 0, 0
+    for prompt in prompts:
+        args = {"prompt": prompt, "max_tokens": 12, "temperature": 0}
+        got = client.completions.create(model="shadowed", **args)
+        mine = direct_a.completions.create(model="tiny-a", **args).choices[0].text
+        theirs = direct_p.completions.create(model="tiny-p", **args).choices[0].text
+        assert got.choices[0].text == mine  # the user's answer is the primary's, untouched
+        expected_exact += mine == theirs
+        user_tokens += got.usage.completion_tokens
+    _wait_for(
+        lambda: (
+            shadow("sparsegate_shadow_requests_total", outcome="compared") - before["compared"]
+            == len(prompts)
+        )
+    )
+    assert shadow("sparsegate_shadow_exact_matches_total") - before["exact"] == expected_exact
+    prefix = shadow("sparsegate_shadow_common_prefix_tokens_total") - before["prefix"]
+    total = shadow("sparsegate_shadow_compared_tokens_total") - before["total"]
+    assert 0 <= prefix <= total and total >= len(prompts)
+    assert (prefix == total) == (expected_exact == len(prompts))
+    # Shadow tokens are not user tokens: the candidate's user counters did not move.
+    assert (
+        metric(gateway, "sparsegate_completion_tokens_total", variant="tiny-p") == before["user_p"]
+    )
+    assert (
+        metric(gateway, "sparsegate_completion_tokens_total", variant="tiny-a") - before["user_a"]
+        == user_tokens
+    )
+
+
+def _engine_metric(url: str, name: str) -> float:
+    return metric(url, name, model_name="tiny-b")
+
+
+def test_client_disconnect_aborts_the_engine_request(gateway, tiny_engines):
+    engine = tiny_engines["tiny-b"]
+    before = _engine_metric(engine, "vllm:generation_tokens_total")
+    body = {"model": "tiny-b", "prompt": PROMPT, "max_tokens": 500, "stream": True,
+            "ignore_eos": True}  # fmt: skip
+    with httpx.stream("POST", f"{gateway}/v1/completions", json=body, timeout=60) as r:
+        for i, _line in enumerate(r.iter_lines()):
+            if i >= 6:
+                break  # leaving the block closes the connection mid-stream
+    _wait_for(lambda: _engine_metric(engine, "vllm:num_requests_running") == 0, timeout=10)
+    time.sleep(2)  # longer than the 500 tokens would have taken
+    generated = _engine_metric(engine, "vllm:generation_tokens_total") - before
+    assert generated < 250, f"engine went on generating after the client left ({generated})"
+    _wait_for(
+        lambda: (
+            metric(gateway, "sparsegate_requests_total", variant="tiny-b", outcome="aborted") >= 1
+        )
+    )
+
+
+def test_upstream_timeout_answers_504(client, gateway):
+    before = metric(gateway, "sparsegate_requests_total", variant="tiny-a-impatient", status="504")
+    with pytest.raises(openai.APIStatusError) as info:
+        client.completions.create(
+            model="tiny-a-impatient", prompt=PROMPT, max_tokens=500, extra_body={"ignore_eos": True}
+        )
+    assert info.value.status_code == 504
+    assert info.value.response.json()["error"]["code"] == 504
+    after = metric(gateway, "sparsegate_requests_total", variant="tiny-a-impatient", status="504")
+    assert after - before == 1
+
+
+def test_counters_are_exact_with_several_workers(tiny_engines, start_gateway):
+    url = start_gateway({"variants": {"tiny-a": {"url": tiny_engines["tiny-a"]}}}, "--workers", "2")
+    n = 12
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for _ in range(n):
+            body = {"model": "tiny-a", "prompt": "x", "max_tokens": 2}
+            assert http.post("/v1/completions", json=body).status_code == 200
+    # Whichever worker answers /metrics reports every worker's requests.
+    seen = {metric(url, "sparsegate_requests_total", variant="tiny-a") for _ in range(6)}
+    assert seen == {n}

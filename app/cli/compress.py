@@ -73,10 +73,6 @@ def _floats(text: str) -> list[float]:
         raise SparsegateError(f"--schedule takes numbers like 0.3,0.5, not {text!r}") from None
 
 
-bench_app = typer.Typer(help="Benchmarks that print figures (quality now; serving next).")
-
-
-@bench_app.command()
 def quality(
     base: Annotated[str, typer.Argument(help="Dense registered model")] = "gemma-3-270m",
     quick: Annotated[bool, typer.Option(help="Wanda rows only (50%, 2:4)")] = False,

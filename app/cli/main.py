@@ -6,7 +6,8 @@ import sys
 import typer
 from rich.console import Console
 
-from app.cli.compress import bench_app, compress
+from app.cli.bench import bench_app
+from app.cli.compress import compress
 from app.cli.models import models_app
 from app.cli.serve import serve
 from app.errors import SparsegateError

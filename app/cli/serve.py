@@ -1,6 +1,9 @@
 """`sparsegate serve`: start the engines a deployment file spawns, then the gateway."""
 
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +16,7 @@ def serve(
     config: Annotated[Path, typer.Option(help="Deployment file")] = Path("deploy/sparsegate.yaml"),
     host: Annotated[str, typer.Option(help="Gateway address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Gateway port")] = 8080,
+    workers: Annotated[int, typer.Option(min=1, help="Gateway worker processes")] = 1,
     registry: RegistryOpt = None,
 ) -> None:
     """Serve the deployment's variants behind the OpenAI-compatible gateway."""
@@ -20,15 +24,24 @@ def serve(
 
     from app.engines.supervisor import Supervisor
     from app.engines.vllm_process import EngineSettings
-    from app.gateway.app import create_app
     from app.gateway.config import load_deployment
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     deployment = load_deployment(config)
     spawned = {n: v for n, v in deployment.variants.items() if v.spawn is not None}
+    reg = _open(registry) if spawned else None
+    home = reg.home if reg else _registry_if_any(registry)
+    # The workers build the app from these (uvicorn imports it in each process).
+    os.environ["SPARSEGATE_DEPLOYMENT"] = str(config.resolve())
+    if home is not None:
+        os.environ["SPARSEGATE_GATEWAY_REGISTRY"] = str(home)
+    metrics_dir = None
+    if workers > 1:
+        # Metrics from every worker, merged at /metrics (set before prometheus_client loads).
+        metrics_dir = tempfile.mkdtemp(prefix="sparsegate-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     supervisor = None
     if spawned:
-        reg = _open(registry)
         settings = [
             EngineSettings(model=reg.servable_path(name), served_name=name, **v.spawn.model_dump())
             for name, v in spawned.items()
@@ -36,8 +49,25 @@ def serve(
         supervisor = Supervisor(settings, reg.home / ".logs")
         console.print(f"starting {len(settings)} vLLM engine(s): {', '.join(spawned)}")
         supervisor.start()
+    console.print(
+        f"gateway on http://{host}:{port}/v1 (dashboard /dashboard, metrics /metrics, "
+        f"{workers} worker(s))"
+    )
     try:
-        uvicorn.run(create_app(deployment), host=host, port=port, log_level="info")
+        uvicorn.run(
+            "app.gateway.app:app_from_env", factory=True, host=host, port=port,
+            workers=workers, log_level="info",
+        )  # fmt: skip
     finally:
         if supervisor:
             supervisor.stop()
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _registry_if_any(registry: Path | None) -> Path | None:
+    """The registry for the facts gauges, when there is one; url-only deployments need none."""
+    from app.config import Settings
+
+    home = registry or Settings().home
+    return home.resolve() if (home / "registry.db").exists() else None

@@ -4,22 +4,35 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
 
-from app.gateway.config import Deployment
+from app.gateway import accounting as acc
+from app.gateway.config import Deployment, load_deployment
 from app.gateway.errors import GatewayError, error_response
 from app.gateway.protocol import ChatCompletionRequest, CompletionLike, CompletionRequest
 from app.gateway.serving import Gateway
+from app.metrics.compare import compare
+from app.metrics.exposition import CONTENT_TYPE_LATEST, read_samples, render
+from app.metrics.facts import load_facts, publish_facts
 
 log = logging.getLogger("sparsegate.gateway")
+ROUTES = ("/v1/completions", "/v1/chat/completions")
+_OUTCOMES = {429: acc.REJECTED, 503: acc.UNAVAILABLE, 504: acc.TIMEOUT}
 
 
-def create_app(deployment: Deployment) -> FastAPI:
+def create_app(deployment: Deployment, registry_home: Path | None = None) -> FastAPI:
     gateway = Gateway(deployment)
+    facts = load_facts(
+        registry_home, {n: v.registry_name or n for n, v in deployment.variants.items()}
+    )
+    publish_facts(facts)
     keys = {k.lower() for k in deployment.gateway.api_keys_sha256}
     if not keys:
         log.warning("no API keys configured: the gateway is open to anyone who can reach it")
@@ -33,7 +46,12 @@ def create_app(deployment: Deployment) -> FastAPI:
     app.state.gateway = gateway
 
     @app.exception_handler(GatewayError)
-    async def _gateway_error(_request: Request, exc: GatewayError) -> JSONResponse:
+    async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        if request.url.path in ROUTES:
+            acc.record_request(
+                variant=exc.variant, alias=exc.alias, route=request.url.path,
+                outcome=_OUTCOMES.get(exc.status, acc.INVALID), status=exc.status,
+            )  # fmt: skip
         return exc.response()
 
     def authorize(request: Request) -> None:
@@ -83,6 +101,20 @@ def create_app(deployment: Deployment) -> FastAPI:
         authorize(request)
         return {"object": "list", "data": gateway.models()}
 
+    @app.get("/v1/variants/compare")
+    async def variants_compare(request: Request) -> dict:
+        authorize(request)
+        return compare(list(deployment.variants), read_samples(), facts)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/dashboard")
+    async def dashboard() -> HTMLResponse:
+        page = resources.files("app.gateway").joinpath("static/dashboard.html").read_text()
+        return HTMLResponse(page)
+
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok"}
@@ -100,3 +132,11 @@ def create_app(deployment: Deployment) -> FastAPI:
         return error_response(404, "no such route")
 
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The factory each worker process calls (`sparsegate serve --workers N`)."""
+    home = os.environ.get("SPARSEGATE_GATEWAY_REGISTRY")
+    return create_app(
+        load_deployment(Path(os.environ["SPARSEGATE_DEPLOYMENT"])), Path(home) if home else None
+    )

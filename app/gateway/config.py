@@ -24,8 +24,10 @@ class VariantConfig(BaseModel):
     url: str | None = None  # an engine started elsewhere (compose service, pod)
     served_name: str | None = None  # the engine's model id, if not the variant's name
     spawn: SpawnSettings | None = None
-    max_inflight: int = 64
-    price_per_hour: float = 0.0
+    registry_name: str | None = None  # its registry entry, if not the variant's name
+    max_inflight: int = Field(default=64, ge=1)
+    price_per_hour: float = Field(default=0.0, ge=0.0)  # dollars, for the cost metrics
+    request_timeout_s: float | None = Field(default=None, gt=0)  # else the gateway's
 
     @model_validator(mode="after")
     def _one_source(self) -> "VariantConfig":

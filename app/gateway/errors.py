@@ -22,6 +22,9 @@ class GatewayError(Exception):
         self.message = message
         self.param = param
         self.headers = headers or {}
+        # Where it happened, for the metrics (set by the serving logic when known).
+        self.variant = ""
+        self.alias = ""
 
     def response(self) -> JSONResponse:
         return error_response(self.status, self.message, param=self.param, headers=self.headers)

@@ -1,4 +1,4 @@
-"""The gateway's serving logic: pick a variant, forward, fall back, account."""
+"""The gateway's serving logic: pick a variant, forward, fall back, account, shadow."""
 
 import asyncio
 import json
@@ -7,17 +7,22 @@ import time
 import httpx
 from fastapi.responses import Response, StreamingResponse
 
+from app.gateway import accounting as acc
 from app.gateway.config import Deployment
 from app.gateway.errors import GatewayError
 from app.gateway.protocol import CompletionLike
 from app.gateway.routing import Router
+from app.gateway.shadow import ShadowRunner
 from app.gateway.upstream import (
     Engine,
     EngineUnavailable,
+    StreamTimeout,
     Timings,
+    event_text,
     relay_sse,
     send,
 )
+from app.metrics import definitions as m
 
 PIN_HEADER = "x-sparsegate-variant"
 USER_HEADER = "x-sparsegate-user"
@@ -27,16 +32,20 @@ class Gateway:
     def __init__(self, deployment: Deployment, router: Router | None = None) -> None:
         self.deployment = deployment
         self.router = router or Router(deployment)
-        timeout = httpx.Timeout(deployment.gateway.request_timeout_s, connect=5.0)
+        self.shadow = ShadowRunner(
+            [(a, c.shadow.variant) for a, c in deployment.aliases.items() if c.shadow]
+        )
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-        self.engines = {
-            name: Engine(
-                name, cfg, httpx.AsyncClient(base_url=cfg.base_url, timeout=timeout, limits=limits)
+        self.engines = {}
+        for name, cfg in deployment.variants.items():
+            seconds = cfg.request_timeout_s or deployment.gateway.request_timeout_s
+            client = httpx.AsyncClient(
+                base_url=cfg.base_url, timeout=httpx.Timeout(seconds, connect=5.0), limits=limits
             )
-            for name, cfg in deployment.variants.items()
-        }
+            self.engines[name] = Engine(name, cfg, client)
 
     async def close(self) -> None:
+        await self.shadow.drain()
         await asyncio.gather(*(e.client.aclose() for e in self.engines.values()))
 
     async def ready(self) -> dict[str, bool]:
@@ -54,7 +63,15 @@ class Gateway:
         ]  # fmt: skip
         return entries
 
-    async def handle(self, path: str, request: CompletionLike, body: dict, headers) -> Response:
+    async def handle(self, route: str, request: CompletionLike, body: dict, headers) -> Response:
+        alias = request.model if request.model in self.deployment.aliases else ""
+        try:
+            return await self._handle(route, request, body, headers, alias)
+        except GatewayError as e:
+            e.alias = alias
+            raise
+
+    async def _handle(self, route, request, body, headers, alias) -> Response:
         cap = self.deployment.gateway.max_tokens_cap
         for key in ("max_tokens", "max_completion_tokens"):
             if (getattr(request, key) or 0) > cap:
@@ -77,25 +94,35 @@ class Gateway:
                     "include_usage": True,
                 }
             timings = Timings()
-            engine.inflight += 1
+            mark = engine.enter()
             try:
-                response = await send(engine, path, upstream, stream=request.stream)
+                response = await send(engine, route, upstream, stream=request.stream)
             except EngineUnavailable:
-                engine.inflight -= 1
+                engine.leave(mark)
                 continue
-            except BaseException:
-                engine.inflight -= 1
+            except GatewayError as e:
+                engine.leave(mark)
+                e.variant = name
                 raise
+            except BaseException:
+                engine.leave(mark)
+                raise
+            if attempt:
+                m.FALLBACKS.labels(alias or "none", candidates[0], name).inc()
             meta = {"x-sparsegate-variant": name, "x-sparsegate-fallbacks": str(attempt)}
+            if alias:
+                meta["x-sparsegate-alias"] = alias
+            done = _Done(self, engine, mark, alias, route, timings, body)
             if request.stream:
-                return self._stream(engine, response, request, timings, meta)
-            engine.inflight -= 1
+                return self._stream(response, request, done, meta)
             timings.end = time.perf_counter()
+            usage, text = _usage_and_text(response)
+            done(response.status_code, usage, text)
             return Response(
                 response.content,
                 status_code=response.status_code,
                 media_type="application/json",
-                headers={**meta, **timings.headers(), **_usage_headers(response)},
+                headers={**meta, **timings.headers(), **_usage_headers(usage)},
             )
         if busy:
             raise GatewayError(
@@ -104,37 +131,81 @@ class Gateway:
             )  # fmt: skip
         raise GatewayError(503, f"no engine ready for {request.model!r}")
 
-    def _stream(self, engine, response, request, timings, meta) -> Response:
+    def _stream(self, response, request, done: "_Done", meta) -> Response:
         if response.status_code != 200:  # an engine's own error passes through
 
             async def error_body():
                 try:
                     yield await response.aread()
                 finally:
-                    engine.inflight -= 1
                     await response.aclose()
+                    done(response.status_code, None, None)
 
             return StreamingResponse(error_body(), status_code=response.status_code,
                                      media_type="application/json", headers=meta)  # fmt: skip
         wants_usage = bool(request.stream_options and request.stream_options.include_usage)
         usage: dict = {}
+        text: list[str] = []
 
         async def events():
+            status, outcome = 200, acc.ABORTED  # unless the stream runs to its end
             try:
                 async for chunk in relay_sse(
-                    response, client_wants_usage=wants_usage, timings=timings, usage=usage
+                    response,
+                    client_wants_usage=wants_usage,
+                    timings=done.timings,
+                    usage=usage,
+                    text=text,
                 ):
                     yield chunk
+                outcome = acc.OK
+            except StreamTimeout:
+                status, outcome = 504, acc.TIMEOUT
+                error = {"message": f"engine {done.engine.name} stopped sending in time",
+                         "type": "timeout", "param": None, "code": 504}  # fmt: skip
+                yield f"data: {json.dumps({'error': error})}\n\n".encode()
             finally:
-                engine.inflight -= 1
+                done(status, usage, "".join(text), outcome=outcome)
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=meta)
 
 
-def _usage_headers(response: httpx.Response) -> dict[str, str]:
+class _Done:
+    """Closes a request's books once: engine slot, cost share, metrics, shadow copy."""
+
+    def __init__(self, gateway, engine, mark, alias, route, timings, body) -> None:
+        self.gateway, self.engine, self.mark = gateway, engine, mark
+        self.alias, self.route, self.timings, self.body = alias, route, timings, body
+
+    def __call__(self, status: int, usage, text, *, outcome: str | None = None) -> None:
+        share = self.engine.leave(self.mark)
+        if outcome is None:
+            outcome = acc.OK if status == 200 else acc.ENGINE_ERROR
+        acc.record_request(
+            variant=self.engine.name, alias=self.alias, route=self.route, outcome=outcome,
+            status=status, timings=self.timings, usage=usage, busy_share_s=share,
+            price_per_hour=self.engine.config.price_per_hour,
+        )  # fmt: skip
+        if outcome == acc.OK and self.alias and text is not None:
+            target = self.gateway.router.shadow_for(self.alias)
+            if target and target != self.engine.name:
+                self.gateway.shadow.submit(
+                    self.alias, self.gateway.engines[target], self.route, self.body, text
+                )
+
+
+def _usage_and_text(response: httpx.Response) -> tuple[dict, str | None]:
     try:
-        usage = json.loads(response.content).get("usage") or {}
-    except (ValueError, AttributeError):
+        payload = json.loads(response.content)
+    except ValueError:
+        return {}, None
+    if not isinstance(payload, dict):
+        return {}, None
+    return payload.get("usage") or {}, event_text(payload)
+
+
+def _usage_headers(usage: dict) -> dict[str, str]:
+    if not usage:
         return {}
     return {
         "x-sparsegate-prompt-tokens": str(usage.get("prompt_tokens", "")),

@@ -5,14 +5,21 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import anyio
 import httpx
 
 from app.gateway.config import VariantConfig
 from app.gateway.errors import GatewayError
+from app.metrics import definitions as m
+from app.metrics.cost import SharingClock
 
 
 class EngineUnavailable(Exception):
     """The engine failed before sending a byte: the request may go to a fallback."""
+
+
+class StreamTimeout(Exception):
+    """The engine stopped sending mid-stream for longer than the request timeout."""
 
 
 @dataclass
@@ -21,6 +28,21 @@ class Engine:
     config: VariantConfig
     client: httpx.AsyncClient
     inflight: int = 0
+    clock: SharingClock = field(default_factory=SharingClock)
+
+    def __post_init__(self) -> None:
+        m.PRICE.labels(self.name).set(self.config.price_per_hour)
+
+    def enter(self) -> float:
+        self.inflight += 1
+        m.INFLIGHT.labels(self.name).inc()
+        return self.clock.enter()
+
+    def leave(self, mark: float) -> float:
+        """Returns the request's share of this engine's busy seconds."""
+        self.inflight -= 1
+        m.INFLIGHT.labels(self.name).dec()
+        return self.clock.leave(mark)
 
     async def ready(self) -> bool:
         try:
@@ -34,6 +56,7 @@ class Timings:
     start: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
     end: float | None = None
+    token_events: list[float] = field(default_factory=list)
 
     def headers(self) -> dict[str, str]:
         out = {}
@@ -52,7 +75,7 @@ async def send(engine: Engine, path: str, body: dict, *, stream: bool) -> httpx.
     try:
         response = await engine.client.send(request, stream=stream)
     except httpx.TimeoutException as e:
-        raise GatewayError(504, f"engine {engine.name} timed out") from e
+        raise GatewayError(504, f"engine {engine.name} did not answer in time") from e
     except httpx.HTTPError as e:
         raise EngineUnavailable(str(e)) from e
     if response.status_code >= 500:
@@ -61,11 +84,29 @@ async def send(engine: Engine, path: str, body: dict, *, stream: bool) -> httpx.
     return response
 
 
+def event_text(event: dict) -> str:
+    """The generated text an event (or a whole response) carries for choice 0."""
+    for choice in event.get("choices") or []:
+        if choice.get("index", 0) != 0:
+            continue
+        if "text" in choice:
+            return choice["text"] or ""
+        part = choice.get("delta") or choice.get("message") or {}
+        return part.get("content") or ""
+    return ""
+
+
 async def relay_sse(
-    response: httpx.Response, *, client_wants_usage: bool, timings: Timings, usage: dict
+    response: httpx.Response,
+    *,
+    client_wants_usage: bool,
+    timings: Timings,
+    usage: dict,
+    text: list[str],
 ) -> AsyncIterator[bytes]:
-    """Pass the engine's SSE events through, recording usage; drop the usage-only event
-    the gateway asked for when the client did not. Closing it aborts the engine request."""
+    """Pass the engine's SSE events through, recording usage, text and token times; drop
+    the usage-only event the gateway asked for when the client did not. Closing this
+    generator (the client went away) closes the engine connection, and vLLM aborts."""
     try:
         async for line in response.aiter_lines():
             if not line.startswith("data: "):
@@ -75,8 +116,12 @@ async def relay_sse(
                 yield b"data: [DONE]\n\n"
                 continue
             event = json.loads(data)
-            if timings.first_token is None and event.get("choices"):
-                timings.first_token = time.perf_counter()
+            if event.get("choices"):
+                now = time.perf_counter()
+                if timings.first_token is None:
+                    timings.first_token = now
+                timings.token_events.append(now)
+                text.append(event_text(event))
             if event.get("usage"):
                 usage.update(event["usage"])
                 if not event.get("choices") and not client_wants_usage:
@@ -85,6 +130,11 @@ async def relay_sse(
                     event["usage"] = None
                     data = json.dumps(event)
             yield f"data: {data}\n\n".encode()
+    except httpx.TimeoutException as e:
+        raise StreamTimeout(str(e)) from e
     finally:
         timings.end = time.perf_counter()
-        await response.aclose()
+        # Shielded: on a client disconnect this runs inside a cancelled task, and an
+        # unshielded await would be cancelled too, leaving the engine generating.
+        with anyio.CancelScope(shield=True):
+            await response.aclose()

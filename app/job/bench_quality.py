@@ -100,7 +100,8 @@ def _print(rows: list[dict], dense: Variant, console: Console) -> None:
     for r in rows:
         table.add_row(
             r["variant"], r["prune"] + ("+lora" if r["recover"] == "lora" else ""),
-            f"{r['pattern']} {r['sparsity']:.0%}", r["quant"],
+            "dense" if r["sparsity"] is None else f"{r['pattern']} {r['sparsity']:.0%}",
+            r["quant"],
             f"{r['ppl']:.2f}", f"{r['ppl_ratio']:.3f}", f"{r['params'] / 1e6:.1f} M",
             f"{r['bytes'] / 1e6:.0f} MB", f"{r['bytes_ratio']:.2f}", f"{r['job_seconds']:.0f}",
         )  # fmt: skip

@@ -1,0 +1,1 @@
+"""Benchmarks: serving load through the gateway, the gateway's own overhead."""

@@ -1,0 +1,128 @@
+"""An async load generator for OpenAI-compatible completion servers (gateway or engine).
+
+Every request streams, so TTFT and inter-token gaps are measured per token event as
+`vllm bench serve` does; output lengths are fixed with `ignore_eos` so variants that stop
+early do not look faster.
+"""
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+
+@dataclass
+class Load:
+    concurrency: int = 4
+    requests: int = 32
+    duration_s: float | None = None  # stop starting requests after this, if set
+    prompt_words: int = 128
+    output_tokens: int = 64
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    start: float
+    ttft: float | None = None
+    e2e: float | None = None
+    gaps: list[float] = field(default_factory=list)
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    error: str = ""
+
+    @property
+    def tpot(self) -> float | None:
+        """Time per output token after the first (vLLM's definition)."""
+        if self.ttft is None or self.e2e is None or self.output_tokens < 2:
+            return None
+        return (self.e2e - self.ttft) / (self.output_tokens - 1)
+
+
+def prompts(n_words: int, count: int) -> list[str]:
+    """Distinct prompts of about n_words words from held-out English text (no tokenizer
+    needed; the engine reports the real prompt token counts)."""
+    from app.job.text import pydoc_texts
+
+    words = " ".join(pydoc_texts("evaluation")).split()
+    out = []
+    for i in range(count):
+        start = (i * 997) % max(1, len(words) - n_words)
+        out.append(" ".join(words[start : start + n_words]))
+    return out
+
+
+async def one_request(
+    http: httpx.AsyncClient, model: str, prompt: str, output_tokens: int, headers: dict
+) -> Outcome:
+    body = {
+        "model": model, "prompt": prompt, "max_tokens": output_tokens, "temperature": 0,
+        "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
+    }  # fmt: skip
+    start = time.perf_counter()
+    out = Outcome(ok=False, start=start)
+    last = None
+    try:
+        async with http.stream("POST", "/v1/completions", json=body, headers=headers) as r:
+            if r.status_code != 200:
+                out.error = f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
+                return out
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if event.get("error"):
+                    out.error = str(event["error"].get("message"))
+                    return out
+                now = time.perf_counter()
+                if event.get("choices"):
+                    if last is None:
+                        out.ttft = now - start
+                    else:
+                        out.gaps.append(now - last)
+                    last = now
+                if event.get("usage"):
+                    out.prompt_tokens = event["usage"].get("prompt_tokens") or 0
+                    out.output_tokens = event["usage"].get("completion_tokens") or 0
+    except httpx.HTTPError as e:
+        out.error = f"{type(e).__name__}: {e}"
+        return out
+    out.e2e = time.perf_counter() - start
+    out.ok = out.ttft is not None
+    return out
+
+
+async def run_load(
+    base_url: str,
+    model: str,
+    load: Load,
+    *,
+    headers: dict | None = None,
+    on_done: Callable[[Outcome], None] | None = None,
+) -> tuple[list[Outcome], float]:
+    """Run `load` against one model; returns the outcomes and the wall time."""
+    texts = prompts(load.prompt_words, load.requests)
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for t in texts:
+        queue.put_nowait(t)
+    outcomes: list[Outcome] = []
+    limits = httpx.Limits(max_connections=load.concurrency * 2)
+    timeout = httpx.Timeout(600.0, connect=10.0)
+    started = time.perf_counter()
+
+    async def worker(http: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            if load.duration_s and time.perf_counter() - started > load.duration_s:
+                return
+            prompt = queue.get_nowait()
+            result = await one_request(http, model, prompt, load.output_tokens, headers or {})
+            outcomes.append(result)
+            if on_done:
+                on_done(result)
+
+    async with httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits) as http:
+        await asyncio.gather(*(worker(http) for _ in range(load.concurrency)))
+    return outcomes, time.perf_counter() - started

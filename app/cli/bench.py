@@ -1,0 +1,157 @@
+"""`sparsegate bench ...`: commands that measure and print figures (never timed tests)."""
+
+import asyncio
+import json
+import re
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
+
+from app.cli.compress import quality
+from app.cli.models import console
+from app.errors import SparsegateError
+
+bench_app = typer.Typer(help="Benchmarks that print figures: quality, serving, overhead.")
+bench_app.command()(quality)
+
+ConcurrencyOpt = Annotated[int, typer.Option(min=1, help="Concurrent streams")]
+RequestsOpt = Annotated[int, typer.Option(min=1, help="Requests per variant")]
+PromptOpt = Annotated[int, typer.Option(min=1, help="Prompt length in words")]
+OutputOpt = Annotated[int, typer.Option(min=1, help="Output tokens per request")]
+
+
+@bench_app.command("serve")
+def bench_serve(
+    variants: Annotated[str, typer.Option(help="Comma-separated; the first is the baseline")],
+    url: Annotated[str, typer.Option(help="Gateway address")] = "http://127.0.0.1:8080",
+    concurrency: ConcurrencyOpt = 4,
+    requests: RequestsOpt = 32,
+    duration: Annotated[float | None, typer.Option(help="Seconds per variant, at most")] = None,
+    prompt_words: PromptOpt = 128,
+    output_tokens: OutputOpt = 64,
+    interleave: Annotated[int, typer.Option(min=1, help="Rounds alternating variants")] = 1,
+    slo_ttft_ms: Annotated[float, typer.Option(help="Goodput SLO on TTFT")] = 2000,
+    slo_tpot_ms: Annotated[float, typer.Option(help="Goodput SLO on TPOT")] = 200,
+    price: Annotated[list[str] | None, typer.Option(help="variant=dollars/hour")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="SPARSEGATE_API_KEY")] = None,
+    out: Annotated[Path, typer.Option(help="JSON results")] = Path("bench.json"),
+    chart: Annotated[Path, typer.Option(help="PNG chart")] = Path("bench.png"),
+) -> None:
+    """Drive the gateway with the same load per variant and compare them to the first."""
+    from app.bench.load import Load, run_load
+    from app.bench.report import chart as draw
+    from app.bench.report import table, write_json
+    from app.bench.summary import Slo, add_ratios, summarize
+
+    names = [v.strip() for v in variants.split(",") if v.strip()]
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    served = _gateway_facts(url, headers)
+    unknown = [n for n in names if n not in served["models"]]
+    if unknown:
+        raise SparsegateError(f"{url} does not serve {', '.join(unknown)}")
+    prices = {**served["prices"], **_prices(price or [])}
+    load = Load(concurrency, requests, duration, prompt_words, output_tokens)
+    per_round = Load(**{**load.__dict__, "requests": max(1, requests // interleave)})
+    results: dict[str, tuple[list, float]] = {n: ([], 0.0) for n in names}
+    columns = (*Progress.get_default_columns()[:-1], MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        tasks = {n: progress.add_task(n, total=per_round.requests * interleave) for n in names}
+        for _ in range(interleave):
+            for name in names:
+                pinned = {**headers, "x-sparsegate-variant": name}
+                advance = lambda _o, n=name: progress.advance(tasks[n])  # noqa: E731
+                outcomes, wall = asyncio.run(
+                    run_load(url, name, per_round, headers=pinned, on_done=advance)
+                )
+                results[name] = (results[name][0] + outcomes, results[name][1] + wall)
+    slo = Slo(slo_ttft_ms / 1000, slo_tpot_ms / 1000)
+    rows = [
+        summarize(n, o, w, slo=slo, price_per_hour=prices.get(n)) for n, (o, w) in results.items()
+    ]
+    for row in rows:
+        row.update(served["quality"].get(row["variant"], {}))
+    add_ratios(rows, names[0])
+    console.print(table(rows))
+    write_json(rows, {"url": url, "load": load.__dict__, "interleave": interleave}, out)
+    draw(rows, chart)
+    console.print(f"results: {out}, chart: {chart}")
+
+
+@bench_app.command("overhead")
+def bench_overhead(
+    variant: Annotated[str, typer.Option(help="Variant to address through the gateway")],
+    engine_url: Annotated[str, typer.Option(help="The same variant's engine, directly")],
+    url: Annotated[str, typer.Option(help="Gateway address")] = "http://127.0.0.1:8080",
+    served_name: Annotated[str | None, typer.Option(help="Engine's model id")] = None,
+    concurrency: ConcurrencyOpt = 16,
+    requests: RequestsOpt = 128,
+    prompt_words: PromptOpt = 32,
+    output_tokens: OutputOpt = 32,
+    rounds: Annotated[int, typer.Option(min=1, help="Alternations direct/gateway")] = 4,
+    out: Annotated[Path | None, typer.Option(help="JSON results")] = None,
+) -> None:
+    """Latency the gateway adds and throughput it loses, against the engine itself."""
+    from app.bench.load import Load
+    from app.bench.overhead import measure_overhead
+
+    load = Load(concurrency, requests, None, prompt_words, output_tokens)
+    with console.status("measuring (direct and through the gateway, alternating)"):
+        result = asyncio.run(
+            measure_overhead(url, engine_url, variant, served_name or variant, load, rounds)
+        )
+    for side in ("direct", "gateway"):
+        r = result[side]
+        console.print(
+            f"{side:8s} TTFT p50 {r['ttft_ms']['p50']:.2f} ms p99 {r['ttft_ms']['p99']:.2f} ms  "
+            f"E2E p50 {r['e2e_ms']['p50']:.1f} ms p99 {r['e2e_ms']['p99']:.1f} ms  "
+            f"{r['output_tokens_per_s']:.1f} tok/s  errors {r['errors']}"
+        )
+    added = result["added_ms"]
+    console.print(
+        f"gateway adds TTFT p50 {added['ttft_ms']['p50']:+.2f} ms, p99 "
+        f"{added['ttft_ms']['p99']:+.2f} ms; E2E p50 {added['e2e_ms']['p50']:+.2f} ms, p99 "
+        f"{added['e2e_ms']['p99']:+.2f} ms; throughput lost {result['throughput_lost']:.2%} "
+        f"at {concurrency} concurrent streams"
+    )
+    if out:
+        out.write_text(json.dumps(result, indent=2))
+
+
+def _prices(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise SparsegateError(f"--price takes variant=dollars_per_hour, not {item!r}") from None
+    return out
+
+
+def _gateway_facts(url: str, headers: dict) -> dict:
+    """Served models, configured prices (from /metrics) and registry quality figures."""
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=10) as http:
+            models = http.get("/v1/models")
+            if models.status_code != 200:
+                raise SparsegateError(f"{url}/v1/models answered {models.status_code}")
+            metrics = http.get("/metrics").text
+            compare = http.get("/v1/variants/compare").json().get("data", [])
+    except httpx.HTTPError as e:
+        raise SparsegateError(f"cannot reach the gateway at {url}: {e}") from None
+    prices = {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(
+            r'^sparsegate_engine_price_dollars_per_hour\{variant="([^"]+)"\} (\S+)$', metrics, re.M
+        )
+    }
+    quality = {
+        row["variant"]: {"ppl_ratio": row.get("ppl_ratio"), "bytes": row.get("bytes"),
+                         "parameters": row.get("parameters")}
+        for row in compare
+    }  # fmt: skip
+    return {"models": {m["id"] for m in models.json()["data"]}, "prices": prices,
+            "quality": quality}  # fmt: skip

@@ -1,0 +1,98 @@
+"""Shadow traffic: copy a share of an alias's requests to a candidate, in the background.
+
+The copy is sent after the user's response is complete, so the user never waits for it,
+and is accounted apart (its own counters, never the user's token or cost counters). The two
+outputs are compared: exact match always, and for greedy requests the common prefix in
+tokens (both texts tokenized by the candidate's engine, which shares the base's tokenizer).
+"""
+
+import asyncio
+import logging
+
+import httpx
+
+from app.gateway.upstream import Engine, event_text
+from app.metrics import definitions as m
+
+log = logging.getLogger("sparsegate.shadow")
+
+
+def is_greedy(body: dict) -> bool:
+    return body.get("temperature") == 0 or body.get("top_k") == 1
+
+
+class ShadowRunner:
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        """pairs: (alias, candidate variant) for every alias that shadows."""
+        self._tasks: set[asyncio.Task] = set()
+        # Start every series at 0, so that "no exact match yet" reads 0%, not "no data".
+        for labels in pairs:
+            for counter in (m.SHADOW_EXACT, m.SHADOW_PREFIX_TOKENS, m.SHADOW_COMPARED_TOKENS,
+                            m.SHADOW_TOKENS):  # fmt: skip
+                counter.labels(*labels)
+            for outcome in ("compared", "failed", "skipped"):
+                m.SHADOW_REQUESTS.labels(*labels, outcome)
+
+    def submit(self, alias: str, engine: Engine, route: str, body: dict, user_text: str) -> None:
+        task = asyncio.create_task(self._run(alias, engine, route, body, user_text))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=30)
+
+    async def _run(self, alias: str, engine: Engine, route: str, body: dict, user_text: str):
+        labels = (alias, engine.name)
+        if engine.inflight >= engine.config.max_inflight:
+            m.SHADOW_REQUESTS.labels(*labels, "skipped").inc()
+            return
+        served = engine.config.served_name or engine.name
+        copy = {k: v for k, v in body.items() if k not in ("stream", "stream_options", "user")}
+        copy["model"] = served
+        mark = engine.enter()
+        try:
+            response = await engine.client.post(route, json=copy)
+            result = response.json()
+        except (httpx.HTTPError, ValueError) as e:
+            log.info("shadow copy to %s failed: %s", engine.name, e)
+            m.SHADOW_REQUESTS.labels(*labels, "failed").inc()
+            return
+        finally:
+            engine.leave(mark)
+        if response.status_code != 200:
+            m.SHADOW_REQUESTS.labels(*labels, "failed").inc()
+            return
+        usage = result.get("usage") or {}
+        m.SHADOW_TOKENS.labels(*labels).inc(
+            (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0)
+        )
+        shadow_text = event_text(result)
+        m.SHADOW_REQUESTS.labels(*labels, "compared").inc()
+        if shadow_text == user_text:
+            m.SHADOW_EXACT.labels(*labels).inc()
+        if is_greedy(body):
+            prefix, total = await _token_prefix(engine, served, user_text, shadow_text)
+            if total is not None:
+                m.SHADOW_PREFIX_TOKENS.labels(*labels).inc(prefix)
+                m.SHADOW_COMPARED_TOKENS.labels(*labels).inc(total)
+
+
+async def _token_prefix(engine: Engine, served: str, a: str, b: str) -> tuple[int, int | None]:
+    """(common prefix length, length of a) in tokens; (0, None) if tokenizing failed."""
+    try:
+        ids = []
+        for text in (a, b):
+            r = await engine.client.post(
+                "/tokenize", json={"model": served, "prompt": text, "add_special_tokens": False}
+            )
+            r.raise_for_status()
+            ids.append(r.json()["tokens"])
+    except (httpx.HTTPError, ValueError, KeyError):
+        return 0, None
+    prefix = 0
+    for x, y in zip(ids[0], ids[1], strict=False):
+        if x != y:
+            break
+        prefix += 1
+    return prefix, len(ids[0])

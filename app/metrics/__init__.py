@@ -1,0 +1,1 @@
+"""Prometheus metrics of the gateway, cost attribution, and the dense-vs-variant comparison."""

@@ -1,0 +1,133 @@
+"""The gateway's Prometheus metrics, labelled by variant (and alias where one applies).
+
+Works with several gateway worker processes: `sparsegate serve --workers N` sets
+PROMETHEUS_MULTIPROC_DIR before the workers import this module, and /metrics merges
+their files (counters and histograms sum; gauges say how, through multiprocess_mode).
+"""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Latency buckets for LLM serving. Inter-token gaps of a small pruned model on a GPU are
+# a few milliseconds, so those buckets start at 0.5 ms (vLLM's own start at 10 ms).
+INTER_TOKEN_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05,
+    0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5,
+)  # fmt: skip
+TTFT_BUCKETS = (
+    0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
+    1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 40.0, 80.0,
+)  # fmt: skip
+E2E_BUCKETS = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0,
+    45.0, 60.0, 120.0, 300.0, 600.0,
+)  # fmt: skip
+
+VA = ("variant", "alias")
+
+REQUESTS = Counter(
+    "sparsegate_requests",
+    "Requests answered, by variant, alias, route, outcome and HTTP status",
+    [*VA, "route", "outcome", "status"],
+)
+TTFT = Histogram(
+    "sparsegate_time_to_first_token_seconds",
+    "Time from the gateway receiving a request to the first generated token (streams)",
+    VA,
+    buckets=TTFT_BUCKETS,
+)
+INTER_TOKEN = Histogram(
+    "sparsegate_inter_token_latency_seconds",
+    "Gaps between consecutive streamed token events",
+    VA,
+    buckets=INTER_TOKEN_BUCKETS,
+)
+E2E = Histogram(
+    "sparsegate_request_duration_seconds",
+    "End-to-end latency of successful requests, as the gateway sees it",
+    VA,
+    buckets=E2E_BUCKETS,
+)
+PROMPT_TOKENS = Counter("sparsegate_prompt_tokens", "Prompt tokens of user requests", VA)
+COMPLETION_TOKENS = Counter(
+    "sparsegate_completion_tokens", "Completion tokens of user requests", VA
+)
+GENERATION_SECONDS = Counter(
+    "sparsegate_generation_seconds",
+    "Seconds from first to last token of streamed requests (throughput's denominator)",
+    VA,
+)
+STREAMED_TOKENS = Counter(
+    "sparsegate_streamed_completion_tokens",
+    "Completion tokens of streamed requests after their first (throughput's numerator)",
+    VA,
+)
+INFLIGHT = Gauge(
+    "sparsegate_inflight_requests",
+    "Requests in flight to each engine",
+    ["variant"],
+    multiprocess_mode="livesum",
+)
+FALLBACKS = Counter(
+    "sparsegate_fallbacks",
+    "Requests served by another variant than the one routing chose first",
+    ["alias", "from_variant", "to_variant"],
+)
+COST = Counter(
+    "sparsegate_cost_dollars",
+    "Engine cost attributed to the requests it served (price per hour x shared busy time)",
+    VA,
+)
+PRICE = Gauge(
+    "sparsegate_engine_price_dollars_per_hour",
+    "Configured price of the machine each variant's engine runs on",
+    ["variant"],
+    multiprocess_mode="max",
+)
+
+# Shadow traffic: accounted apart from user traffic, never in the counters above.
+SHADOW_REQUESTS = Counter(
+    "sparsegate_shadow_requests",
+    "Shadow copies sent to a candidate variant, by outcome",
+    ["alias", "variant", "outcome"],
+)
+SHADOW_EXACT = Counter(
+    "sparsegate_shadow_exact_matches",
+    "Shadow outputs identical to the user's response",
+    ["alias", "variant"],
+)
+SHADOW_PREFIX_TOKENS = Counter(
+    "sparsegate_shadow_common_prefix_tokens",
+    "Tokens of the common prefix of shadow and user outputs (greedy requests)",
+    ["alias", "variant"],
+)
+SHADOW_COMPARED_TOKENS = Counter(
+    "sparsegate_shadow_compared_tokens",
+    "Tokens of the user's output in greedy shadow comparisons (prefix agreement's denominator)",
+    ["alias", "variant"],
+)
+SHADOW_TOKENS = Counter(
+    "sparsegate_shadow_tokens",
+    "Prompt plus completion tokens spent on shadow copies",
+    ["alias", "variant"],
+)
+
+# Registry facts, so that dashboards put quality next to speed.
+_FACT_LABELS = ["variant", "base"]
+VARIANT_PARAMETERS = Gauge(
+    "sparsegate_variant_parameters", "Parameters of the variant", _FACT_LABELS,
+    multiprocess_mode="max",
+)  # fmt: skip
+VARIANT_BYTES = Gauge(
+    "sparsegate_variant_bytes", "Bytes of the variant at rest in the registry", _FACT_LABELS,
+    multiprocess_mode="max",
+)  # fmt: skip
+VARIANT_SPARSITY = Gauge(
+    "sparsegate_variant_sparsity_ratio", "Share of zero weights in the pruned layers",
+    _FACT_LABELS, multiprocess_mode="max",
+)  # fmt: skip
+VARIANT_PPL_RATIO = Gauge(
+    "sparsegate_variant_perplexity_ratio",
+    "Held-out perplexity of the variant over its dense base's (1.0 for the base)",
+    _FACT_LABELS,
+    multiprocess_mode="max",
+)

@@ -1,0 +1,143 @@
+"""Writes deploy/grafana/dashboards/sparsegate.json (run it after editing the panels).
+
+Every panel groups by variant, so dense and pruned variants sit side by side; `$dense`
+(a dashboard variable) names the dense base for the ratio panels.
+"""
+
+import json
+from pathlib import Path
+
+R = "[$__rate_interval]"
+
+
+def rate(metric: str, by: str = "variant", where: str = "") -> str:
+    return f"sum by ({by}) (rate({metric}{{{where}}}{R}))"
+
+
+def quantile(q: float, metric: str, where: str = "") -> str:
+    return f"histogram_quantile({q}, sum by (le, variant) (rate({metric}_bucket{{{where}}}{R})))"
+
+
+def ratio_to_dense(expr_by_variant: str, expr_dense: str) -> str:
+    return f"({expr_by_variant}) / on() group_left() ({expr_dense})"
+
+
+TTFT = "sparsegate_time_to_first_token_seconds"
+ITL = "sparsegate_inter_token_latency_seconds"
+E2E = "sparsegate_request_duration_seconds"
+DENSE = 'variant="$dense"'
+COST_PER_MTOK = (
+    f"{rate('sparsegate_cost_dollars_total')} / {rate('sparsegate_completion_tokens_total')} * 1e6"
+)
+COST_PER_MTOK_DENSE = (
+    f"sum(rate(sparsegate_cost_dollars_total{{{DENSE}}}{R})) / "
+    f"sum(rate(sparsegate_completion_tokens_total{{{DENSE}}}{R})) * 1e6"
+)
+
+ERRORS = rate("sparsegate_requests_total", where='outcome!="ok"')
+COMPARED = rate("sparsegate_shadow_requests_total", where='outcome="compared"')
+
+# (title, unit, [(expr, legend)])
+PANELS = [
+    ("Requests per second by outcome", "reqps",
+     [(rate("sparsegate_requests_total", "variant, outcome"), "{{variant}} {{outcome}}")]),
+    ("Error ratio", "percentunit",
+     [(f"{ERRORS} / {rate('sparsegate_requests_total')}", "{{variant}}")]),
+    ("Time to first token (p50, p95)", "s",
+     [(quantile(0.5, TTFT), "{{variant}} p50"), (quantile(0.95, TTFT), "{{variant}} p95")]),
+    ("Inter-token latency (p50, p95)", "s",
+     [(quantile(0.5, ITL), "{{variant}} p50"), (quantile(0.95, ITL), "{{variant}} p95")]),
+    ("End-to-end latency (p50, p95)", "s",
+     [(quantile(0.5, E2E), "{{variant}} p50"), (quantile(0.95, E2E), "{{variant}} p95")]),
+    ("TTFT and inter-token p50, ratio to dense", "none",
+     [(ratio_to_dense(quantile(0.5, TTFT), quantile(0.5, TTFT, DENSE).replace(
+         "by (le, variant)", "by (le)")), "{{variant}} TTFT"),
+      (ratio_to_dense(quantile(0.5, ITL), quantile(0.5, ITL, DENSE).replace(
+          "by (le, variant)", "by (le)")), "{{variant}} inter-token")]),
+    ("Completion tokens per second", "short",
+     [(rate("sparsegate_completion_tokens_total"), "{{variant}}")]),
+    ("Prompt tokens per second", "short",
+     [(rate("sparsegate_prompt_tokens_total"), "{{variant}}")]),
+    ("Tokens per second per stream", "short",
+     [(f'{rate("sparsegate_streamed_completion_tokens_total")} / '
+       f'{rate("sparsegate_generation_seconds_total")}', "{{variant}}")]),
+    ("In-flight requests", "short",
+     [("sum by (variant) (sparsegate_inflight_requests)", "{{variant}}")]),
+    ("Fallbacks", "short",
+     [("sum by (alias, from_variant, to_variant) (increase(sparsegate_fallbacks_total"
+       f"{R}))", "{{alias}}: {{from_variant}} -> {{to_variant}}")]),
+    ("Dollars per million completion tokens (attributed)", "currencyUSD",
+     [(COST_PER_MTOK, "{{variant}}")]),
+    ("Dollars per million tokens, ratio to dense", "none",
+     [(ratio_to_dense(COST_PER_MTOK, COST_PER_MTOK_DENSE), "{{variant}}")]),
+    ("Machine dollars per million tokens (idle time included)", "currencyUSD",
+     [("sum by (variant) (sparsegate_engine_price_dollars_per_hour) / 3600 / "
+       f'{rate("sparsegate_completion_tokens_total")} * 1e6', "{{variant}}")]),
+    ("Shadow agreement (common token prefix, exact match)", "percentunit",
+     [(f'{rate("sparsegate_shadow_common_prefix_tokens_total")} / '
+       f'{rate("sparsegate_shadow_compared_tokens_total")}', "{{variant}} prefix"),
+      (f"{rate('sparsegate_shadow_exact_matches_total')} / {COMPARED}", "{{variant}} exact")]),
+    ("Shadow tokens per second (apart from user traffic)", "short",
+     [(rate("sparsegate_shadow_tokens_total"), "{{variant}}")]),
+    ("Perplexity ratio to dense (registry)", "none",
+     [("max by (variant) (sparsegate_variant_perplexity_ratio)", "{{variant}}")]),
+    ("Parameters (registry)", "short",
+     [("max by (variant) (sparsegate_variant_parameters)", "{{variant}}")]),
+    ("Bytes at rest (registry)", "bytes",
+     [("max by (variant) (sparsegate_variant_bytes)", "{{variant}}")]),
+    ("Sparsity (registry)", "percentunit",
+     [("max by (variant) (sparsegate_variant_sparsity_ratio)", "{{variant}}")]),
+    ("vLLM KV cache usage", "percentunit",
+     [("max by (model_name) (vllm:kv_cache_usage_perc)", "{{model_name}}")]),
+    ("vLLM requests running and waiting", "short",
+     [("sum by (model_name) (vllm:num_requests_running)", "{{model_name}} running"),
+      ("sum by (model_name) (vllm:num_requests_waiting)", "{{model_name}} waiting")]),
+]  # fmt: skip
+
+
+def panel(i: int, title: str, unit: str, targets: list[tuple[str, str]]) -> dict:
+    return {
+        "id": i + 1,
+        "type": "timeseries",
+        "title": title,
+        "datasource": {"type": "prometheus", "uid": "prometheus"},
+        "gridPos": {"h": 8, "w": 12, "x": 12 * (i % 2), "y": 8 * (i // 2)},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "options": {"legend": {"displayMode": "table", "placement": "bottom"}},
+        "targets": [
+            {"refId": chr(65 + j), "expr": expr, "legendFormat": legend,
+             "datasource": {"type": "prometheus", "uid": "prometheus"}}
+            for j, (expr, legend) in enumerate(targets)
+        ],
+    }  # fmt: skip
+
+
+def dashboard() -> dict:
+    return {
+        "uid": "sparsegate",
+        "title": "sparsegate: dense vs pruned",
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "10s",
+        "time": {"from": "now-30m", "to": "now"},
+        "templating": {
+            "list": [
+                {
+                    "name": "dense",
+                    "label": "dense base",
+                    "type": "query",
+                    "datasource": {"type": "prometheus", "uid": "prometheus"},
+                    "query": "label_values(sparsegate_variant_perplexity_ratio, variant)",
+                    "definition": "label_values(sparsegate_variant_perplexity_ratio, variant)",
+                    "refresh": 2,
+                }
+            ]
+        },
+        "panels": [panel(i, *p) for i, p in enumerate(PANELS)],
+    }
+
+
+if __name__ == "__main__":
+    out = Path(__file__).parent / "dashboards" / "sparsegate.json"
+    out.write_text(json.dumps(dashboard(), indent=2) + "\n")
+    print(f"wrote {out} ({len(PANELS)} panels)")

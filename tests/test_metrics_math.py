@@ -1,0 +1,67 @@
+"""Cost attribution and quantile arithmetic, with a clock the test controls."""
+
+import pytest
+
+from app.metrics.cost import SharingClock, dollars
+from app.metrics.exposition import histogram_quantile
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_request_alone_is_charged_its_whole_duration():
+    clock = FakeClock()
+    sharing = SharingClock(clock)
+    mark = sharing.enter()
+    clock.now = 3.0
+    assert sharing.leave(mark) == pytest.approx(3.0)
+    assert dollars(36.0, 3.0) == pytest.approx(0.03)
+
+
+def test_overlapping_requests_share_the_busy_time():
+    clock = FakeClock()
+    sharing = SharingClock(clock)
+    a = sharing.enter()  # t=0: a alone
+    clock.now = 1.0
+    b = sharing.enter()  # t=1..3: a and b
+    clock.now = 3.0
+    c = sharing.enter()  # t=3..6: a, b and c
+    clock.now = 6.0
+    share_a = sharing.leave(a)
+    clock.now = 8.0  # t=6..8: b and c
+    share_b = sharing.leave(b)
+    clock.now = 9.0  # t=8..9: c alone
+    share_c = sharing.leave(c)
+    assert share_a == pytest.approx(1 + 2 / 2 + 3 / 3)
+    assert share_b == pytest.approx(2 / 2 + 3 / 3 + 2 / 2)
+    assert share_c == pytest.approx(3 / 3 + 2 / 2 + 1)
+    assert share_a + share_b + share_c == pytest.approx(9.0)  # busy time, charged once
+
+
+def test_idle_time_is_charged_to_nobody():
+    clock = FakeClock()
+    sharing = SharingClock(clock)
+    clock.now = 100.0  # idle since construction
+    mark = sharing.enter()
+    clock.now = 101.0
+    assert sharing.leave(mark) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [(0.5, 0.2), (0.375, 0.15), (0.25, 0.1), (0.75, 0.2 + 0.8 * 0.5), (1.0, 1.0)],
+)
+def test_histogram_quantile_interpolates_like_prometheus(q, expected):
+    # 2 observations <= 0.1, 2 more <= 0.2, 4 more <= 1.0
+    buckets = [(0.1, 2.0), (0.2, 4.0), (1.0, 8.0), (float("inf"), 8.0)]
+    assert histogram_quantile(q, buckets) == pytest.approx(expected)
+
+
+def test_histogram_quantile_of_nothing_is_none():
+    assert histogram_quantile(0.5, []) is None
+    assert histogram_quantile(0.5, [(0.1, 0.0), (float("inf"), 0.0)]) is None

@@ -1,0 +1,215 @@
+"""Metrics as users see them: the compare view, the dashboard page in a real browser, every
+Grafana panel's query through a real Prometheus, and the bench commands."""
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from app.registry.store import Registry
+from tests.conftest import free_port, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "sparsegate.json"
+PRICES = {"tiny-a": 2.0, "tiny-p": 1.0}
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} is missing: scripts/system-deps.sh installs it (Debian package)"
+    return path
+
+
+@pytest.fixture(scope="module")
+def gateway(tiny_engines, tiny_registry, start_gateway):
+    variants = {
+        "tiny-a": {"url": tiny_engines["tiny-a"], "registry_name": "tiny",
+                   "price_per_hour": PRICES["tiny-a"]},
+        "tiny-p": {"url": tiny_engines["tiny-p"], "price_per_hour": PRICES["tiny-p"]},
+        "dead": {"url": f"http://127.0.0.1:{free_port()}"},
+    }  # fmt: skip
+    deployment = {
+        "variants": variants,
+        "aliases": {
+            "tiny": {"split": {"tiny-a": 1.0},
+                     "shadow": {"variant": "tiny-p", "fraction": 1.0}},
+            "standby": {"split": {"dead": 1.0, "tiny-a": 0.0}},
+        },
+    }  # fmt: skip
+    return start_gateway(deployment, "--registry", str(tiny_registry))
+
+
+def _traffic(url: str, rounds: int = 3) -> None:
+    """Streams and plain requests to both variants, shadowed greedy requests, a fallback,
+    and an error: something for every panel."""
+    with httpx.Client(base_url=url, timeout=120) as http:
+        for i in range(rounds):
+            for model in ("tiny-a", "tiny-p", "tiny"):
+                body = {"model": model, "prompt": f"The for statement {i}", "max_tokens": 24,
+                        "temperature": 0, "ignore_eos": True, "user": f"u{i}"}  # fmt: skip
+                with http.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
+                    assert r.status_code == 200
+                    for _ in r.iter_lines():
+                        pass
+                assert http.post("/v1/completions", json=body).status_code == 200
+            standby = {"model": "standby", "prompt": "x", "max_tokens": 2}
+            assert http.post("/v1/completions", json=standby).status_code == 200
+            unknown = {"model": "nope", "prompt": "x"}
+            assert http.post("/v1/completions", json=unknown).status_code == 404
+
+
+def test_compare_puts_each_variant_beside_its_dense_base(gateway, tiny_registry):
+    _traffic(gateway)
+    time.sleep(1)  # shadow copies finish in the background
+    rows = {r["variant"]: r for r in httpx.get(f"{gateway}/v1/variants/compare").json()["data"]}
+    registry = Registry(tiny_registry)
+    pruned, dense = registry.get("tiny-p"), registry.get("tiny")
+    p, a = rows["tiny-p"], rows["tiny-a"]
+    assert a["is_base"] and not p["is_base"]
+    assert p["base"] == "tiny" and p["base_served_as"] == "tiny-a"
+    assert p["ppl_ratio"] == pytest.approx(pruned.quality["ppl_ratio"])
+    assert a["ppl_ratio"] == 1.0
+    assert (p["parameters"], p["bytes"]) == (pruned.param_count, pruned.bytes_on_disk)
+    assert a["bytes"] == dense.bytes_on_disk
+    assert p["bytes"] < a["bytes"]  # sparse at rest
+    for row in (a, p):
+        assert row["requests"] >= 6 and row["errors"] == 0
+        assert 0 < row["ttft_p50_s"] <= row["ttft_p95_s"]
+        assert 0 < row["itl_p50_s"] <= row["itl_p95_s"]
+        assert row["tokens_per_s_per_stream"] > 0 and row["dollars_per_million_tokens"] > 0
+    assert p["shadow_compared"] >= 3 and 0 <= p["shadow_prefix_agreement"] <= 1
+    ratios = p["ratio_to_base"]
+    assert ratios["ttft_p50_s"] == pytest.approx(p["ttft_p50_s"] / a["ttft_p50_s"])
+    assert ratios["bytes"] == pytest.approx(p["bytes"] / a["bytes"])
+    assert a["ratio_to_base"]["itl_p50_s"] == pytest.approx(1.0)
+    assert rows["dead"]["ppl_ratio"] is None and rows["dead"]["requests"] == 0
+
+
+def test_dashboard_page_renders_in_chromium(gateway, tiny_registry):
+    _traffic(gateway, rounds=1)
+    dom = subprocess.run(
+        [_tool("chromium"), "--headless", "--no-sandbox", "--disable-gpu",
+         "--virtual-time-budget=8000", "--dump-dom", f"{gateway}/dashboard"],
+        capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    assert 'data-loaded="true"' in dom, dom[-2000:]
+    ratio = Registry(tiny_registry).get("tiny-p").quality["ppl_ratio"]
+    row = dom[dom.index('<tr data-variant="tiny-p">') :].split("</tr>")[0]
+    assert f"{ratio:.3f}" in row  # the registry's quality, next to the speed figures
+    assert "tiny-a (dense)" in dom
+    for variant in ("tiny-a", "tiny-p"):  # a bar per variant in the charts
+        assert re.search(rf'<rect [^>]*data-variant="{variant}"', dom)
+    assert dom.count("<svg") >= 8  # one chart per figure
+
+
+def _panel_queries() -> list[tuple[str, str]]:
+    board = json.loads(DASHBOARD.read_text())
+    return [(p["title"], t["expr"]) for p in board["panels"] for t in p["targets"]]
+
+
+def test_every_dashboard_query_returns_data_from_a_real_prometheus(gateway, tiny_engines, tmp_path):
+    port = free_port()
+    targets = [gateway.removeprefix("http://")]
+    engines = [tiny_engines[v].removeprefix("http://") for v in ("tiny-a", "tiny-p")]
+    config = {
+        "global": {"scrape_interval": "1s"},
+        "scrape_configs": [
+            {"job_name": "sparsegate-gateway", "static_configs": [{"targets": targets}]},
+            {"job_name": "vllm", "static_configs": [{"targets": engines}]},
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    prom = subprocess.Popen(
+        [_tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    api = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(api)
+        # Load while Prometheus scrapes, so every rate window holds fresh samples.
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                _traffic(gateway, 1)
+
+        loader = threading.Thread(target=load)
+        loader.start()
+        time.sleep(12)
+        failures = []
+        for title, expr in _panel_queries():
+            query = expr.replace("$__rate_interval", "30s").replace("$dense", "tiny-a")
+            r = httpx.get(f"{api}/api/v1/query", params={"query": query}, timeout=30).json()
+            values = [float(s["value"][1]) for s in r.get("data", {}).get("result", [])]
+            if r["status"] != "success" or not any(not math.isnan(v) for v in values):
+                failures.append(f"{title}: {query} -> {r.get('error') or values}")
+        stop.set()
+        loader.join(120)
+        assert not failures, "\n".join(failures)
+    finally:
+        prom.terminate()
+        prom.wait(30)
+
+
+def _wait_ready(api: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{api}/-/ready").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError("prometheus did not start")
+
+
+def test_bench_serve_prints_writes_and_draws_the_comparison(gateway, tmp_path, tiny_registry):
+    out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
+    proc = run_cli(
+        "bench", "serve", "--url", gateway, "--variants", "tiny-a,tiny-p", "--requests", "6",
+        "--concurrency", "2", "--output-tokens", "16", "--prompt-words", "20",
+        "--interleave", "2", "--out", str(out), "--chart", str(chart),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "tiny-p" in proc.stdout and "TTFT" in proc.stdout
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["results"]}
+    for name, row in rows.items():
+        assert row["requests"] == 6 and row["errors"] == 0
+        assert row["output_tokens"] == 6 * 16  # ignore_eos: fixed lengths
+        assert row["ttft_p50_s"] > 0 and row["tpot_p50_s"] > 0
+        expected = PRICES[name] * row["wall_s"] / 3600 / row["output_tokens"] * 1e6
+        assert row["dollars_per_million_tokens"] == pytest.approx(expected)
+    assert rows["tiny-a"]["ratio_to_baseline"]["ttft_p50_s"] == pytest.approx(1.0)
+    pruned = Registry(tiny_registry).get("tiny-p")
+    assert rows["tiny-p"]["ppl_ratio"] == pytest.approx(pruned.quality["ppl_ratio"])
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_serve_refuses_an_unknown_variant(gateway):
+    proc = run_cli("bench", "serve", "--url", gateway, "--variants", "tiny-a,nope")
+    assert proc.returncode == 2 and "does not serve nope" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bench_overhead_compares_gateway_and_engine(gateway, tiny_engines, tmp_path):
+    out = tmp_path / "overhead.json"
+    proc = run_cli(
+        "bench", "overhead", "--url", gateway, "--variant", "tiny-a",
+        "--engine-url", tiny_engines["tiny-a"], "--requests", "8", "--concurrency", "4",
+        "--rounds", "2", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    result = json.loads(out.read_text())
+    for side in ("direct", "gateway"):
+        assert result[side]["requests"] == 8 and result[side]["errors"] == 0
+    assert "throughput lost" in proc.stdout
+    assert set(result["added_ms"]["e2e_ms"]) == {"p50", "p99"}
