@@ -6,7 +6,7 @@ SERVE := $(VENVS)/serve/bin
 COMPRESS := $(VENVS)/compress/bin
 export SPARSEGATE_VENVS := $(abspath $(VENVS))
 
-.PHONY: setup demo test lint clean-envs
+.PHONY: setup system-deps demo test lint clean-envs
 
 setup: $(VENVS)/serve/.ready $(VENVS)/compress/.ready
 
@@ -17,17 +17,17 @@ $(VENVS)/%/.ready: pyproject.toml scripts/setup-env.sh
 	@touch $@
 
 demo: setup
-	$(SERVE)/sparsegate models import gemma-3-270m --exist-ok
-	@$(SERVE)/sparsegate models show gemma-3-270m-wanda2of4-w8a8 >/dev/null 2>&1 || \
-	  $(SERVE)/sparsegate compress gemma-3-270m --prune wanda --pattern 2:4 --quant w8a8
-	$(SERVE)/sparsegate models list
+	$(SERVE)/sparsegate demo $(DEMO_ARGS)
 
-test: setup
+system-deps:
+	@scripts/system-deps.sh
+
+test: setup system-deps
 	$(SERVE)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(SERVE)/ruff check app tests
-	$(SERVE)/ruff format --check app tests
+	$(SERVE)/ruff check app tests deploy
+	$(SERVE)/ruff format --check app tests deploy
 
 clean-envs:
 	rm -rf $(VENVS)

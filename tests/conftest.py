@@ -110,19 +110,41 @@ def tiny_registry(tmp_path_factory, tiny_model_dir) -> Path:
 @pytest.fixture(scope="session")
 def tiny_engines(tmp_path_factory, tiny_registry):
     """Three small engines for the whole session (gateway, metrics, dashboards):
-    tiny-a and tiny-b serve the tiny model, tiny-p its pruned variant."""
+    tiny-a and tiny-b serve the tiny model; tiny-p, its pruned variant, is started by
+    `sparsegate engine` as engine containers start it (expanding its sparse-at-rest files)."""
+    import signal
+
+    import httpx
+
     from app.registry.store import Registry
 
     registry = Registry(tiny_registry)
-    starter = EngineStarter(tmp_path_factory.mktemp("tiny-engine-logs"))
-    yield starter(
-        {
-            "tiny-a": registry.path_of("tiny"),
-            "tiny-b": registry.path_of("tiny"),
-            "tiny-p": registry.servable_path("tiny-p"),
-        }
-    )
-    starter.stop()
+    logs = tmp_path_factory.mktemp("tiny-engine-logs")
+    starter = EngineStarter(logs)
+    port = free_port()
+    with (logs / "tiny-p.log").open("wb") as log:
+        pruned = subprocess.Popen(
+            [str(SPARSEGATE), "engine", "tiny-p", "--port", str(port), "--max-model-len", "1024",
+             "--kv-cache-gib", "1", "--registry", str(tiny_registry)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        urls = starter({"tiny-a": registry.path_of("tiny"), "tiny-b": registry.path_of("tiny")})
+        urls["tiny-p"] = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 600
+        while True:
+            assert pruned.poll() is None, (logs / "tiny-p.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "sparsegate engine tiny-p did not start"
+            try:
+                if httpx.get(f"{urls['tiny-p']}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        yield urls
+    finally:
+        starter.stop()
+        os.killpg(pruned.pid, signal.SIGTERM)
+        pruned.wait(30)
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ def test_missing_registry(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_registry(tmp_path_factory, tiny_model_dir):
+def cli_registry(tmp_path_factory, tiny_model_dir):
     home = tmp_path_factory.mktemp("cli-registry")
     proc = run_cli("models", "import", str(tiny_model_dir), "--name", "tiny", registry=home)
     assert proc.returncode == 0, proc.stderr + proc.stdout
@@ -39,15 +39,15 @@ def tiny_registry(tmp_path_factory, tiny_model_dir):
     return home
 
 
-def test_import_local_folder_registers_a_checked_base(tiny_registry):
-    record = json.loads(run_cli("models", "show", "tiny", registry=tiny_registry).stdout)
+def test_import_local_folder_registers_a_checked_base(cli_registry):
+    record = json.loads(run_cli("models", "show", "tiny", registry=cli_registry).stdout)
     assert record["stage"] == "production" and record["parent"] is None
     assert record["base"] == "tiny" and record["recipe"]["format"] == "huggingface"
     fid = record["quality"]["fidelity"]
     assert 0 < fid["relative_logit_error"] < 0.03 and fid["top1_agreement"] >= 0.95
     files = {f["path"] for f in record["files"]}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
-    folder = tiny_registry / "tiny"
+    folder = cli_registry / "tiny"
     config = json.loads((folder / "config.json").read_text())
     assert config["dtype"] == "bfloat16"
     # The tiny model has no chat template; the import gives it one so chat works.
@@ -57,18 +57,18 @@ def test_import_local_folder_registers_a_checked_base(tiny_registry):
     )
 
 
-def test_unknown_variant(tiny_registry):
-    line = _error_line(run_cli("models", "show", "nope", registry=tiny_registry))
+def test_unknown_variant(cli_registry):
+    line = _error_line(run_cli("models", "show", "nope", registry=cli_registry))
     assert "unknown variant 'nope'" in line and "tiny" in line
     for verb in ("promote", "retire", "remove"):
         assert "unknown variant" in _error_line(
-            run_cli("models", verb, "nope", registry=tiny_registry)
+            run_cli("models", verb, "nope", registry=cli_registry)
         )
 
 
-def test_existing_name_is_refused_and_exist_ok_succeeds(tiny_registry, tiny_model_dir):
+def test_existing_name_is_refused_and_exist_ok_succeeds(cli_registry, tiny_model_dir):
     line = _error_line(
-        run_cli("models", "import", str(tiny_model_dir), "--name", "tiny", registry=tiny_registry)
+        run_cli("models", "import", str(tiny_model_dir), "--name", "tiny", registry=cli_registry)
     )
     assert "'tiny' already exists" in line
     proc = run_cli(
@@ -78,7 +78,7 @@ def test_existing_name_is_refused_and_exist_ok_succeeds(tiny_registry, tiny_mode
         "--name",
         "tiny",
         "--exist-ok",
-        registry=tiny_registry,
+        registry=cli_registry,
     )
     assert proc.returncode == 0 and "already registered" in proc.stdout
 
@@ -90,13 +90,13 @@ def test_existing_name_is_refused_and_exist_ok_succeeds(tiny_registry, tiny_mode
         (["--name", "UPPER"], "invalid variant name"),
     ],
 )
-def test_bad_names(tiny_registry, tiny_model_dir, args, message):
+def test_bad_names(cli_registry, tiny_model_dir, args, message):
     line = _error_line(
-        run_cli("models", "import", str(tiny_model_dir), *args, registry=tiny_registry)
+        run_cli("models", "import", str(tiny_model_dir), *args, registry=cli_registry)
     )
     assert message in line
-    assert _registered(tiny_registry) == ["tiny"]
-    assert not (tiny_registry.parent / "evil").exists()
+    assert _registered(cli_registry) == ["tiny"]
+    assert not (cli_registry.parent / "evil").exists()
 
 
 @pytest.mark.parametrize(
@@ -107,18 +107,18 @@ def test_bad_names(tiny_registry, tiny_model_dir, args, message):
         ("some-org/some-model", "hub is not reachable"),
     ],
 )
-def test_bad_sources(tiny_registry, source, message):
-    line = _error_line(run_cli("models", "import", source, registry=tiny_registry))
+def test_bad_sources(cli_registry, source, message):
+    line = _error_line(run_cli("models", "import", source, registry=cli_registry))
     assert message in line
-    assert _registered(tiny_registry) == ["tiny"]
+    assert _registered(cli_registry) == ["tiny"]
 
 
-def test_folder_that_is_not_a_model(tiny_registry, tmp_path):
-    line = _error_line(run_cli("models", "import", str(tmp_path), registry=tiny_registry))
+def test_folder_that_is_not_a_model(cli_registry, tmp_path):
+    line = _error_line(run_cli("models", "import", str(tmp_path), registry=cli_registry))
     assert "not a Hugging Face model folder" in line
 
 
-def test_failed_conversion_check_registers_nothing(tiny_registry, tiny_model_dir):
+def test_failed_conversion_check_registers_nothing(cli_registry, tiny_model_dir):
     # bf16 rounding alone exceeds a zero tolerance: the check must fail, and cleanly.
     proc = run_cli(
         "models",
@@ -128,15 +128,15 @@ def test_failed_conversion_check_registers_nothing(tiny_registry, tiny_model_dir
         "strict",
         "--max-rel-error",
         "0",
-        registry=tiny_registry,
+        registry=cli_registry,
     )
     assert "conversion check failed" in _error_line(proc)
-    assert _registered(tiny_registry) == ["tiny"]
-    assert not (tiny_registry / "strict").exists()
-    assert list((tiny_registry / ".staging").iterdir()) == []
+    assert _registered(cli_registry) == ["tiny"]
+    assert not (cli_registry / "strict").exists()
+    assert list((cli_registry / ".staging").iterdir()) == []
 
 
-def test_ctrl_c_during_import_leaves_nothing(tiny_registry, tiny_model_dir):
+def test_ctrl_c_during_import_leaves_nothing(cli_registry, tiny_model_dir):
     proc = subprocess.Popen(
         [
             str(SPARSEGATE),
@@ -146,13 +146,13 @@ def test_ctrl_c_during_import_leaves_nothing(tiny_registry, tiny_model_dir):
             "--name",
             "interrupted",
             "--registry",
-            str(tiny_registry),
+            str(cli_registry),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    staging = tiny_registry / ".staging"
+    staging = cli_registry / ".staging"
     deadline = time.monotonic() + 120
     while not any(p.name.startswith("interrupted@") for p in staging.iterdir()):
         assert proc.poll() is None and time.monotonic() < deadline, "draft never appeared"
@@ -163,8 +163,8 @@ def test_ctrl_c_during_import_leaves_nothing(tiny_registry, tiny_model_dir):
     # landed in code that torch runs through PyRun_String, even though we handled it.
     assert proc.returncode in (130, -signal.SIGINT), err
     assert "interrupted: nothing was registered" in err
-    assert _registered(tiny_registry) == ["tiny"]
-    assert list(staging.iterdir()) == [] and not (tiny_registry / "interrupted").exists()
+    assert _registered(cli_registry) == ["tiny"]
+    assert list(staging.iterdir()) == [] and not (cli_registry / "interrupted").exists()
 
 
 def test_stage_commands(tmp_path, tiny_model_dir):
@@ -181,7 +181,7 @@ def test_stage_commands(tmp_path, tiny_model_dir):
     assert proc.returncode == 0 and _registered(home) == [] and not (home / "a").exists()
 
 
-def test_table_lists_variants(tiny_registry):
-    proc = run_cli("models", "list", registry=tiny_registry)
+def test_table_lists_variants(cli_registry):
+    proc = run_cli("models", "list", registry=cli_registry)
     assert proc.returncode == 0
     assert "tiny" in proc.stdout and "production" in proc.stdout

@@ -213,3 +213,14 @@ def test_bench_overhead_compares_gateway_and_engine(gateway, tiny_engines, tmp_p
         assert result[side]["requests"] == 8 and result[side]["errors"] == 0
     assert "throughput lost" in proc.stdout
     assert set(result["added_ms"]["e2e_ms"]) == {"p50", "p99"}
+
+
+def test_models_path_gives_engines_a_folder_they_can_load(tiny_registry):
+    """What engine containers get: the variant's folder, or its sparse files expanded."""
+    dense = run_cli("models", "path", "tiny", registry=tiny_registry)
+    assert dense.returncode == 0 and Path(dense.stdout.strip()) == tiny_registry / "tiny"
+    pruned = run_cli("models", "path", "tiny-p", registry=tiny_registry)
+    folder = Path(pruned.stdout.strip())
+    assert pruned.returncode == 0 and folder.parent.name == ".expanded"
+    assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
+    assert not list(folder.glob("*.sparse.safetensors"))

@@ -2,13 +2,10 @@
 
 import asyncio
 import json
-import re
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 import typer
-from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from app.cli.compress import quality
 from app.cli.models import console
@@ -37,46 +34,29 @@ def bench_serve(
     slo_tpot_ms: Annotated[float, typer.Option(help="Goodput SLO on TPOT")] = 200,
     price: Annotated[list[str] | None, typer.Option(help="variant=dollars/hour")] = None,
     api_key: Annotated[str | None, typer.Option(envvar="SPARSEGATE_API_KEY")] = None,
+    wait_ready: Annotated[float, typer.Option(help="Seconds to wait for the engines")] = 0.0,
     out: Annotated[Path, typer.Option(help="JSON results")] = Path("bench.json"),
     chart: Annotated[Path, typer.Option(help="PNG chart")] = Path("bench.png"),
 ) -> None:
     """Drive the gateway with the same load per variant and compare them to the first."""
-    from app.bench.load import Load, run_load
-    from app.bench.report import chart as draw
-    from app.bench.report import table, write_json
-    from app.bench.summary import Slo, add_ratios, summarize
+    from app.bench.load import Load
+    from app.bench.serve_bench import run_serve_bench
+    from app.bench.summary import Slo
 
     names = [v.strip() for v in variants.split(",") if v.strip()]
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    served = _gateway_facts(url, headers)
-    unknown = [n for n in names if n not in served["models"]]
-    if unknown:
-        raise SparsegateError(f"{url} does not serve {', '.join(unknown)}")
-    prices = {**served["prices"], **_prices(price or [])}
-    load = Load(concurrency, requests, duration, prompt_words, output_tokens)
-    per_round = Load(**{**load.__dict__, "requests": max(1, requests // interleave)})
-    results: dict[str, tuple[list, float]] = {n: ([], 0.0) for n in names}
-    columns = (*Progress.get_default_columns()[:-1], MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
-        tasks = {n: progress.add_task(n, total=per_round.requests * interleave) for n in names}
-        for _ in range(interleave):
-            for name in names:
-                pinned = {**headers, "x-sparsegate-variant": name}
-                advance = lambda _o, n=name: progress.advance(tasks[n])  # noqa: E731
-                outcomes, wall = asyncio.run(
-                    run_load(url, name, per_round, headers=pinned, on_done=advance)
-                )
-                results[name] = (results[name][0] + outcomes, results[name][1] + wall)
-    slo = Slo(slo_ttft_ms / 1000, slo_tpot_ms / 1000)
-    rows = [
-        summarize(n, o, w, slo=slo, price_per_hour=prices.get(n)) for n, (o, w) in results.items()
-    ]
-    for row in rows:
-        row.update(served["quality"].get(row["variant"], {}))
-    add_ratios(rows, names[0])
-    console.print(table(rows))
-    write_json(rows, {"url": url, "load": load.__dict__, "interleave": interleave}, out)
-    draw(rows, chart)
+    run_serve_bench(
+        url,
+        names,
+        Load(concurrency, requests, duration, prompt_words, output_tokens),
+        interleave=interleave,
+        slo=Slo(slo_ttft_ms / 1000, slo_tpot_ms / 1000),
+        prices=_prices(price or []),
+        headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+        out=out,
+        chart_path=chart,
+        wait_ready_s=wait_ready,
+        console=console,
+    )
     console.print(f"results: {out}, chart: {chart}")
 
 
@@ -129,29 +109,3 @@ def _prices(items: list[str]) -> dict[str, float]:
         except ValueError:
             raise SparsegateError(f"--price takes variant=dollars_per_hour, not {item!r}") from None
     return out
-
-
-def _gateway_facts(url: str, headers: dict) -> dict:
-    """Served models, configured prices (from /metrics) and registry quality figures."""
-    try:
-        with httpx.Client(base_url=url, headers=headers, timeout=10) as http:
-            models = http.get("/v1/models")
-            if models.status_code != 200:
-                raise SparsegateError(f"{url}/v1/models answered {models.status_code}")
-            metrics = http.get("/metrics").text
-            compare = http.get("/v1/variants/compare").json().get("data", [])
-    except httpx.HTTPError as e:
-        raise SparsegateError(f"cannot reach the gateway at {url}: {e}") from None
-    prices = {
-        m.group(1): float(m.group(2))
-        for m in re.finditer(
-            r'^sparsegate_engine_price_dollars_per_hour\{variant="([^"]+)"\} (\S+)$', metrics, re.M
-        )
-    }
-    quality = {
-        row["variant"]: {"ppl_ratio": row.get("ppl_ratio"), "bytes": row.get("bytes"),
-                         "parameters": row.get("parameters")}
-        for row in compare
-    }  # fmt: skip
-    return {"models": {m["id"] for m in models.json()["data"]}, "prices": prices,
-            "quality": quality}  # fmt: skip

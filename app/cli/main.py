@@ -8,8 +8,9 @@ from rich.console import Console
 
 from app.cli.bench import bench_app
 from app.cli.compress import compress
+from app.cli.demo import demo
 from app.cli.models import models_app
-from app.cli.serve import serve
+from app.cli.serve import engine, serve
 from app.errors import SparsegateError
 
 app = typer.Typer(
@@ -23,6 +24,8 @@ app.add_typer(models_app, name="models")
 app.command()(compress)
 app.add_typer(bench_app, name="bench")
 app.command()(serve)
+app.command()(engine)
+app.command()(demo)
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -71,3 +71,31 @@ def _registry_if_any(registry: Path | None) -> Path | None:
 
     home = registry or Settings().home
     return home.resolve() if (home / "registry.db").exists() else None
+
+
+def engine(
+    variant: Annotated[str, typer.Argument(envvar="SPARSEGATE_VARIANT", help="Variant to serve")],
+    host: Annotated[str, typer.Option(envvar="SPARSEGATE_ENGINE_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="SPARSEGATE_ENGINE_PORT")] = 8000,
+    max_model_len: Annotated[int, typer.Option(envvar="SPARSEGATE_MAX_MODEL_LEN")] = 2048,
+    kv_cache_gib: Annotated[
+        int, typer.Option(envvar="VLLM_CPU_KVCACHE_SPACE", help="KV cache (CPU), GiB")
+    ] = 2,
+    attention_backend: Annotated[
+        str | None, typer.Option(envvar="SPARSEGATE_ATTENTION_BACKEND", help="e.g. FLASH_ATTN")
+    ] = None,
+    compile: Annotated[bool, typer.Option(help="torch.compile (slower start, faster run)")] = False,
+    registry: RegistryOpt = None,
+) -> None:
+    """Run one vLLM engine for a registered variant (what engine containers run)."""
+    from app.engines.vllm_process import EngineSettings
+
+    folder = _open(registry).servable_path(variant)  # expands sparse-at-rest weights
+    settings = EngineSettings(
+        model=folder, served_name=variant, port=port, host=host, max_model_len=max_model_len,
+        kv_cache_gib=kv_cache_gib, attention_backend=attention_backend, compile=compile,
+    )  # fmt: skip
+    console.print(f"serving {variant} from {folder} on {settings.url}")
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+    # Become the engine: signals (docker stop) reach vLLM directly.
+    os.execv(settings.python, settings.command())

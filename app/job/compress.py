@@ -215,9 +215,22 @@ def _save(model: Any, tokenizer: Any, out: Path, *, quantized: bool) -> None:
     tokenizer.save_pretrained(out)
     config_path = out / "config.json"
     config = json.loads(config_path.read_text())
+    changed = False
     qc = config.get("quantization_config") or {}
     if qc.pop("sparsity_config", None) is not None:
+        changed = True
+    # llm-compressor's save rewrites config.json from the source checkpoint's file (its
+    # `resave_config`), which undoes the shapes channel pruning changed: put them back.
+    for key in _SHAPE_KEYS:
+        value = getattr(model.config, key, None)
+        if key in config and value is not None and config[key] != value:
+            config[key] = value
+            changed = True
+    if changed:
         config_path.write_text(json.dumps(config, indent=2))
+
+
+_SHAPE_KEYS = ("intermediate_size", "num_attention_heads", "num_key_value_heads", "hidden_size")
 
 
 def _quiet_llmcompressor() -> None:

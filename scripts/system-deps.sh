@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Debian packages the tests drive for real: Prometheus (dashboard queries), Chromium (the
+# /dashboard page) and docker-compose (validates docker-compose.yml without an engine).
+# Installs what is missing when it can (root or sudo); otherwise says what to install.
+set -euo pipefail
+need=()
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+[ ${#need[@]} -eq 0 ] && exit 0
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+echo "sparsegate: installing ${need[*]} (Debian packages the tests use)"
+if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+       $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; }; then
+  echo "sparsegate: could not install ${need[*]}; install them (apt-get install ${need[*]})" >&2
+  exit 1
+fi

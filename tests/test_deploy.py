@@ -1,0 +1,187 @@
+"""Deploy files checked without a Docker engine or a cluster: compose validates, the
+Dockerfile lints clean, Kubernetes manifests validate against their schemas, and every
+container runs a command the test suite runs (and that the CLI or vLLM itself accepts)."""
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer.main
+import yaml
+
+from app.cli.main import app
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.prefix) / "bin"
+COMPOSE = ROOT / "docker-compose.yml"
+K8S = ROOT / "deploy" / "k8s"
+SPARSEGATE_IMAGES = ("sparsegate-",)
+
+
+def _manifests() -> list[Path]:
+    return sorted(p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml")
+
+
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
+def test_compose_file_validates(profile):
+    compose = shutil.which("docker-compose")
+    assert compose, "docker-compose is missing: scripts/system-deps.sh installs it"
+    proc = subprocess.run(
+        [compose, "-f", str(COMPOSE), "--profile", profile, "config", "-q"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_compose_profiles_hold_the_whole_stack():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    for profile in ("cpu", "gpu"):
+        active = {n for n, s in services.items() if profile in s.get("profiles", [profile])}
+        assert {"compress", "gateway", "bench", "prometheus", "grafana"} <= active
+        engines = [n for n in active if n.startswith("engine-")]
+        assert len(engines) == 3, engines
+    gpu = [s for s in services.values() if "gpu" in s.get("profiles", []) and "vllm" in
+           s.get("image", "")]  # fmt: skip
+    for service in gpu:
+        assert "FLASH_ATTN" in service["command"] and "--block-size" in service["command"]
+        devices = service["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["capabilities"] == ["gpu"]
+
+
+def test_dockerfile_lints_clean():
+    proc = subprocess.run([str(BIN / "hadolint"), str(ROOT / "Dockerfile")],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_dockerfile_images_run_as_non_root_with_health_checks():
+    text = (ROOT / "Dockerfile").read_text()
+    stages = re.split(r"^FROM ", text, flags=re.M)[2:]  # after `base`
+    assert len(stages) == 3
+    for stage in stages:
+        assert re.search(r"^USER 1000$", stage, flags=re.M), stage.splitlines()[0]
+    for role in ("engine-cpu", "gateway"):
+        stage = next(s for s in stages if s.split()[2] == role)
+        assert "HEALTHCHECK" in stage
+
+
+def test_kubernetes_manifests_validate_against_their_schemas():
+    proc = subprocess.run(
+        [str(BIN / "kubernetes-validate"), "--strict", "-k", "1.33.0",
+         *map(str, _manifests())],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    listed = yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
+    assert all((K8S / f).is_file() for f in listed)
+
+
+# -- every container runs a command the test suite runs -----------------------------------
+
+
+def _container_commands() -> list[tuple[str, str, list[str]]]:
+    """(where, image, argv) for every container: compose services, Dockerfile defaults and
+    Kubernetes pods; `sh -c` chains are split into their commands."""
+    out = []
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    for name, s in services.items():
+        image = s.get("image", "")
+        entry = s.get("entrypoint") or (["sparsegate"] if "sparsegate-" in image else [])
+        if "engine-cpu" in image and not s.get("entrypoint"):
+            entry = ["sparsegate", "engine"]
+        argv = [*entry, *s.get("command", [])]
+        if argv:  # images that run their own default (Prometheus, Grafana) have none
+            out += [(f"compose {name}", image, a) for a in _split(argv)]
+    for path in _manifests():
+        for doc in yaml.safe_load_all(path.read_text()):
+            spec = (doc.get("spec") or {}).get("template", {}).get("spec", {})
+            for c in spec.get("containers", []):
+                entry = c.get("command") or (
+                    ["sparsegate", "engine"] if "engine-cpu" in c["image"]
+                    else ["sparsegate"] if "sparsegate-" in c["image"] else []
+                )  # fmt: skip
+                for argv in _split([*entry, *c.get("args", [])]):
+                    out.append((f"{path.name} {c['name']}", c["image"], argv))
+    text = (ROOT / "Dockerfile").read_text()
+    for stage in re.split(r"^FROM ", text, flags=re.M)[2:]:
+        entry = re.search(r"^ENTRYPOINT (\[.*\])$", stage, flags=re.M)
+        cmd = re.search(r"^CMD (\[.*\])$", stage, flags=re.M)
+        argv = [*yaml.safe_load(entry.group(1)), *yaml.safe_load(cmd.group(1))]
+        out.append((f"Dockerfile {stage.split()[2]}", "sparsegate", argv))
+    return out
+
+
+def _split(argv: list[str]) -> list[list[str]]:
+    if argv[:2] == ["sh", "-c"]:
+        script = argv[2].replace("(", " ").replace(")", " ").replace(">/dev/null 2>&1", "")
+        return [shlex.split(part) for part in re.split(r"&&|\|\|", script) if part.strip()]
+    return [argv]
+
+
+def _tested_subcommands() -> set[tuple[str, ...]]:
+    """Sub-commands the tests run: run_cli("a", "b", ...) and `sparsegate serve/engine`."""
+    found: set[tuple[str, ...]] = set()
+    for path in (ROOT / "tests").glob("test_*.py"):
+        src = path.read_text()
+        for a, b in re.findall(r'run_cli\(\s*"([a-z-]+)"(?:,\s*"([a-z-]+)")?', src):
+            found |= {(a,), (a, b)}
+    conftest = (ROOT / "tests" / "conftest.py").read_text()
+    for a in re.findall(r'\[str\(SPARSEGATE\), "([a-z]+)"', conftest):
+        found.add((a,))
+    for a, b in re.findall(r'run_cli\(\s*"([a-z-]+)"(?:,\s*"([a-z-]+)")?', conftest):
+        found.add((a, b) if b else (a,))
+    return found
+
+
+def test_every_container_runs_a_command_the_tests_run():
+    cli = typer.main.get_command(app)
+    tested = _tested_subcommands()
+    commands = [c for c in _container_commands() if c[2][0] == "sparsegate"]
+    assert len(commands) >= 12
+    for where, _image, argv in commands:
+        # The real CLI parses the container's arguments (no typo in an option survives).
+        group = cli
+        path: list[str] = []
+        args = argv[1:]
+        while hasattr(group, "commands"):  # a group (typer vendors its own click)
+            path.append(args[0])
+            group, args = group.commands[args[0]], args[1:]
+        try:
+            group.make_context(" ".join(path), list(args), resilient_parsing=False)
+        except Exception as e:  # click's usage errors
+            pytest.fail(f"{where}: {' '.join(argv)}: {getattr(e, 'format_message', e.__str__)()}")
+        assert tuple(path) in tested, f"{where}: `sparsegate {' '.join(path)}` is not tested"
+
+
+def test_gpu_engine_flags_are_accepted_by_vllm():
+    """The official image runs `vllm serve`: its arguments go through vLLM's own parser."""
+    gpu = [(w, argv) for w, image, argv in _container_commands() if "vllm-openai" in image]
+    assert len(gpu) >= 5
+    script = (
+        "import json, sys\n"
+        "from vllm.entrypoints.launchers.cli_args import make_arg_parser\n"
+        "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
+        "parser = make_arg_parser(FlexibleArgumentParser())\n"
+        "for argv in json.loads(sys.argv[1]):\n"
+        "    a = parser.parse_args(argv)\n"
+        "    assert a.attention_backend == 'FLASH_ATTN', argv\n"
+        "print('ok')\n"
+    )
+    import json
+
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps([a for _, a in gpu])],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+def test_gateway_never_imports_torch():
+    code = (
+        "import sys, app.gateway.app, app.cli.main, app.bench.serve_bench\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'vllm')]\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,59 @@
+"""Quantized tiny-model variants end to end (job, files, vLLM): W4A16 (GPTQ, int4 groups of
+128), and channel pruning + W8A8 in one job (a smaller model whose config vLLM must load)."""
+
+import json
+
+import httpx
+import pytest
+
+from app.registry import Registry
+from tests.conftest import run_cli
+
+FAST = ["--calibration-samples", "4", "--eval-windows", "2"]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_model_dir, engines):
+    home = tmp_path_factory.mktemp("quantized-registry")
+    proc = run_cli("models", "import", str(tiny_model_dir), "--name", "tiny", registry=home)
+    assert proc.returncode == 0, proc.stderr
+    jobs = {
+        "tiny-w4a16": ["--quant", "w4a16"],
+        "tiny-ch-w8a8": ["--prune", "magnitude", "--pattern", "channels", "--sparsity", "0.5",
+                         "--quant", "w8a8", "--name", "tiny-ch-w8a8"],
+    }  # fmt: skip
+    for args in jobs.values():
+        proc = run_cli("compress", "tiny", *args, *FAST, registry=home)
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+    reg = Registry(home)
+    urls = engines({name: reg.servable_path(name) for name in jobs})
+    return home, reg, urls
+
+
+def _complete(url: str, model: str) -> httpx.Response:
+    return httpx.post(f"{url}/v1/completions", timeout=60,
+                      json={"model": model, "prompt": "The for", "max_tokens": 5})  # fmt: skip
+
+
+def test_w4a16_variant_is_packed_and_served(served):
+    home, reg, urls = served
+    v, dense = reg.get("tiny-w4a16"), reg.get("tiny")
+    assert v.parent == "tiny" and v.recipe["quant"] == "w4a16"
+    weights = json.loads((home / "tiny-w4a16" / "config.json").read_text())["quantization_config"]
+    group = weights["config_groups"]["group_0"]["weights"]
+    assert (group["num_bits"], group["group_size"], group["strategy"]) == (4, 128, "group")
+    assert v.bytes_on_disk < 0.75 * dense.bytes_on_disk
+    r = _complete(urls["tiny-w4a16"], "tiny-w4a16")
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
+
+
+def test_channels_and_w8a8_in_one_job_keep_the_smaller_config(served):
+    home, reg, urls = served
+    config = json.loads((home / "tiny-ch-w8a8" / "config.json").read_text())
+    # The tiny model has 256 MLP channels; half are removed (a multiple of 128 kept).
+    assert config["intermediate_size"] == 128
+    assert config["quantization_config"]["config_groups"]["group_0"]["weights"]["num_bits"] == 8
+    v, dense = reg.get("tiny-ch-w8a8"), reg.get("tiny")
+    assert v.param_count < dense.param_count
+    r = _complete(urls["tiny-ch-w8a8"], "tiny-ch-w8a8")
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
