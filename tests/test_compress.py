@@ -121,12 +121,18 @@ def test_iterative_schedule_reaches_the_final_sparsity(variants):
     assert v.recipe["schedule"] == [0.3, 0.5] and v.sparsity == pytest.approx(0.5, abs=0.01)
 
 
-def test_vllm_serves_every_variant_as_evaluated(variants, default_registry, engines):
+@pytest.fixture(scope="module")
+def served(variants, engines):
+    """vLLM engines for the dense base and every kind of variant, started together."""
+    return engines({name: variants.servable_path(name) for name in (BASE, *JOBS)})
+
+
+def test_vllm_serves_every_variant_as_evaluated(variants, default_registry, served):
     from transformers import AutoTokenizer
 
     from app.job.text import token_windows
 
-    urls = engines({name: variants.servable_path(name) for name in JOBS})
+    urls = {name: url for name, url in served.items() if name in JOBS}
     tokenizer = AutoTokenizer.from_pretrained(default_registry / BASE)
     windows = token_windows(tokenizer, "evaluation", 4, 256)  # the job's held-out windows
     for name, url in urls.items():
@@ -184,3 +190,37 @@ def test_calibration_file_may_not_hold_evaluation_text(default_registry, tmp_pat
     )  # fmt: skip
     assert proc.returncode == 2 and "contains held-out evaluation text" in proc.stderr
     assert Registry(default_registry).find("leaky") is None
+
+
+def test_gateway_serves_the_real_model_and_a_variant_to_the_openai_client(
+    served, default_registry, start_gateway
+):
+    import openai
+
+    deployment = {
+        "variants": {BASE: {"url": served[BASE]}, "nm-w8a8": {"url": served["nm-w8a8"]}},
+        "aliases": {"gemma": {"split": {BASE: 0.5, "nm-w8a8": 0.5}}},
+    }
+    url = start_gateway(deployment, "--registry", str(default_registry))
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    messages = [{"role": "user", "content": "Name a Python keyword."}]
+    for variant in (BASE, "nm-w8a8"):
+        pin = {"x-sparsegate-variant": variant}
+        whole = client.chat.completions.with_raw_response.create(
+            model="gemma", messages=messages, max_tokens=16, temperature=0, extra_headers=pin
+        )
+        assert whole.headers["x-sparsegate-variant"] == variant
+        reply = whole.parse()
+        assert reply.choices[0].message.content.strip()
+        chunks = list(client.chat.completions.create(
+            model="gemma", messages=messages, max_tokens=16, temperature=0, stream=True,
+            stream_options={"include_usage": True}, extra_headers=pin,
+        ))  # fmt: skip
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == reply.choices[0].message.content
+        assert chunks[-1].usage == reply.usage
+    rows = {r["variant"]: r for r in httpx.get(f"{url}/v1/variants/compare").json()["data"]}
+    assert rows["nm-w8a8"]["base_served_as"] == BASE
+    assert rows["nm-w8a8"]["ppl_ratio"] == pytest.approx(
+        Registry(default_registry).get("nm-w8a8").quality["ppl_ratio"]
+    )

@@ -14,29 +14,38 @@ def _x(v) -> str:
     return "" if v is None else f" ({v:.2f}×)"
 
 
+# (label, formatter of a row); ratios to the baseline follow where they mean something.
+_LINES = [
+    ("perplexity ×dense", lambda r: "–" if r.get("ppl_ratio") is None else f"{r['ppl_ratio']:.3f}"),
+    ("MB at rest", lambda r: "–" if r.get("bytes") is None else f"{r['bytes'] / 1e6:.0f}"),
+    ("TTFT p50 ms", lambda r: _ms(r["ttft_p50_s"]) + _x(r["ratio_to_baseline"]["ttft_p50_s"])),
+    ("TTFT p95 ms", lambda r: _ms(r["ttft_p95_s"])),
+    ("TPOT p50 ms", lambda r: _ms(r["tpot_p50_s"]) + _x(r["ratio_to_baseline"]["tpot_p50_s"])),
+    ("TPOT p95 ms", lambda r: _ms(r["tpot_p95_s"])),
+    ("inter-token p50 ms", lambda r: _ms(r["itl_p50_s"]) + _x(r["ratio_to_baseline"]["itl_p50_s"])),
+    ("inter-token p95 ms", lambda r: _ms(r["itl_p95_s"])),
+    ("E2E p50 ms", lambda r: _ms(r["e2e_p50_s"]) + _x(r["ratio_to_baseline"]["e2e_p50_s"])),
+    ("E2E p95 ms", lambda r: _ms(r["e2e_p95_s"])),
+    ("output tokens/s", lambda r: f"{r['output_tokens_per_s']:.1f}"
+        + _x(r["ratio_to_baseline"]["output_tokens_per_s"])),
+    ("requests/s", lambda r: f"{r['requests_per_s']:.2f}"),
+    ("goodput requests/s", lambda r: f"{r['goodput_requests_per_s']:.2f}"
+        + _x(r["ratio_to_baseline"]["goodput_requests_per_s"])),
+    ("errors", lambda r: f"{r['errors']} of {r['requests']}"),
+    ("$ per M tokens", lambda r: "–" if r["dollars_per_million_tokens"] is None
+        else f"{r['dollars_per_million_tokens']:.3f}"
+        + _x(r["ratio_to_baseline"]["dollars_per_million_tokens"])),
+]  # fmt: skip
+
+
 def table(rows: list[dict]) -> Table:
+    """One column per variant (the baseline first), one line per figure: side by side."""
     t = Table(title=f"sparsegate bench (ratios to {rows[0]['baseline']})" if rows else "")
-    for col in ("variant", "ppl ×", "MB", "TTFT p50/p95 ms", "TPOT p50/p95 ms",
-                "ITL p50/p95 ms", "E2E p50/p95 ms", "tok/s", "req/s", "goodput req/s",
-                "errors", "$/M tok"):  # fmt: skip
-        t.add_column(col, justify="left" if col == "variant" else "right")
+    t.add_column("figure")
     for r in rows:
-        ratio = r["ratio_to_baseline"]
-        t.add_row(
-            r["variant"],
-            "–" if r.get("ppl_ratio") is None else f"{r['ppl_ratio']:.3f}",
-            "–" if r.get("bytes") is None else f"{r['bytes'] / 1e6:.0f}",
-            f"{_ms(r['ttft_p50_s'])}/{_ms(r['ttft_p95_s'])}{_x(ratio['ttft_p50_s'])}",
-            f"{_ms(r['tpot_p50_s'])}/{_ms(r['tpot_p95_s'])}{_x(ratio['tpot_p50_s'])}",
-            f"{_ms(r['itl_p50_s'])}/{_ms(r['itl_p95_s'])}{_x(ratio['itl_p50_s'])}",
-            f"{_ms(r['e2e_p50_s'])}/{_ms(r['e2e_p95_s'])}{_x(ratio['e2e_p50_s'])}",
-            f"{r['output_tokens_per_s']:.1f}{_x(ratio['output_tokens_per_s'])}",
-            f"{r['requests_per_s']:.2f}",
-            f"{r['goodput_requests_per_s']:.2f}",
-            str(r["errors"]),
-            "–" if r["dollars_per_million_tokens"] is None
-            else f"{r['dollars_per_million_tokens']:.2f}{_x(ratio['dollars_per_million_tokens'])}",
-        )  # fmt: skip
+        t.add_column(r["variant"], justify="right", overflow="fold")
+    for label, fmt in _LINES:
+        t.add_row(label, *(fmt(r) for r in rows))
     return t
 
 
