@@ -80,6 +80,15 @@ def compress(
         job_start = time.monotonic()
         recoveries: list[dict] = []
         ppl_oneshot = None
+        if recipe.prune is PruneMethod.none and recipe.recover == "lora":
+            # Fine-tuning the dense model alone: the control that tells recovery apart from
+            # what any fine-tuning on this text buys.
+            ppl_oneshot = ppl_parent
+            with steps.step("LoRA fine-tuning (dense)", total=recipe.steps) as advance:
+                model, recovery = lora_recover(
+                    model, calib, recipe.steps, keep_mask=False, on_step=advance
+                )
+            recoveries.append({"sparsity": 0.0, **recovery.as_dict()})
         for stage, target in enumerate(recipe.schedule or [recipe.sparsity]):
             if recipe.prune is PruneMethod.none:
                 break

@@ -85,7 +85,7 @@ class Recipe(BaseModel):
         if self.prune is PruneMethod.none:
             if self.sparsity is not None or self.pattern != "unstructured" or self.schedule:
                 raise SparsegateError("--sparsity, --pattern and --schedule need a --prune method")
-            if self.quant is QuantScheme.none:
+            if self.quant is QuantScheme.none and self.recover == "none":
                 raise SparsegateError("nothing to do: give --prune and/or --quant")
         else:
             if self.sparsity is None:
