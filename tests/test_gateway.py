@@ -9,8 +9,9 @@ import time
 import httpx
 import openai
 import pytest
+import yaml
 
-from tests.conftest import free_port, metric
+from tests.conftest import free_port, metric, run_cli
 
 PROMPT = "The for statement is used to"
 
@@ -39,6 +40,7 @@ def gateway(tiny_engines, tiny_registry, start_gateway):
                 "split": {"tiny-a": 1.0},
                 "shadow": {"variant": "tiny-p", "fraction": 1.0},
             },
+            "tiny-prod": {"production_of": "tiny"},
         },
     }
     return start_gateway(deployment, "--registry", str(tiny_registry))
@@ -384,3 +386,25 @@ def test_counters_are_exact_with_several_workers(tiny_engines, start_gateway):
     # Whichever worker answers /metrics reports every worker's requests.
     seen = {metric(url, "sparsegate_requests_total", variant="tiny-a") for _ in range(6)}
     assert seen == {n}
+
+
+def test_alias_follows_the_registrys_production_variant(client):
+    models = {m.id: m for m in client.models.list()}
+    # tiny (served as tiny-a) is in production; its pruned candidate is a weight-0 fallback.
+    assert models["tiny-prod"].model_extra["variants"] == ["tiny-a", "tiny-p"]
+    r = client.completions.with_raw_response.create(model="tiny-prod", prompt="x", max_tokens=1)
+    assert r.headers["x-sparsegate-variant"] == "tiny-a"
+
+
+def test_production_alias_without_a_production_variant_is_one_line(
+    tiny_engines, tiny_registry, tmp_path
+):
+    config = tmp_path / "deploy.yaml"
+    config.write_text(yaml.safe_dump({
+        "variants": {"tiny-p": {"url": tiny_engines["tiny-p"]}},
+        "aliases": {"p": {"production_of": "tiny"}},
+    }))  # fmt: skip
+    proc = run_cli("serve", "--config", str(config), registry=tiny_registry, timeout=60)
+    assert proc.returncode == 2
+    assert "no served variant of 'tiny' is in production" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

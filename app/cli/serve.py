@@ -24,13 +24,14 @@ def serve(
 
     from app.engines.supervisor import Supervisor
     from app.engines.vllm_process import EngineSettings
-    from app.gateway.config import load_deployment
+    from app.gateway.config import load_deployment, resolve_production
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     deployment = load_deployment(config)
     spawned = {n: v for n, v in deployment.variants.items() if v.spawn is not None}
     reg = _open(registry) if spawned else None
     home = reg.home if reg else _registry_if_any(registry)
+    resolve_production(deployment, home)  # fail here, in one line, not in every worker
     # The workers build the app from these (uvicorn imports it in each process).
     os.environ["SPARSEGATE_DEPLOYMENT"] = str(config.resolve())
     if home is not None:

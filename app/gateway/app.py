@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
 
 from app.gateway import accounting as acc
-from app.gateway.config import Deployment, load_deployment
+from app.gateway.config import Deployment, load_deployment, resolve_production
 from app.gateway.errors import GatewayError, error_response
 from app.gateway.protocol import ChatCompletionRequest, CompletionLike, CompletionRequest
 from app.gateway.serving import Gateway
@@ -28,6 +28,7 @@ _OUTCOMES = {429: acc.REJECTED, 503: acc.UNAVAILABLE, 504: acc.TIMEOUT}
 
 
 def create_app(deployment: Deployment, registry_home: Path | None = None) -> FastAPI:
+    deployment = resolve_production(deployment, registry_home)
     gateway = Gateway(deployment)
     facts = load_facts(
         registry_home, {n: v.registry_name or n for n, v in deployment.variants.items()}

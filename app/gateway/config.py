@@ -46,8 +46,17 @@ class ShadowConfig(BaseModel):
 
 
 class AliasConfig(BaseModel):
-    split: dict[str, float]  # variant -> weight
+    split: dict[str, float] = Field(default_factory=dict)  # variant -> weight
+    # Or: whichever served variant the registry has in production for this base
+    # (resolved at start-up; `models promote` + a gateway restart moves the alias).
+    production_of: str | None = None
     shadow: ShadowConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "AliasConfig":
+        if bool(self.split) == bool(self.production_of):
+            raise ValueError("an alias gives exactly one of split or production_of")
+        return self
 
 
 class GatewayConfig(BaseModel):
@@ -67,6 +76,8 @@ class Deployment(BaseModel):
         for alias, cfg in self.aliases.items():
             if alias in self.variants:
                 raise ValueError(f"alias {alias!r} shadows a variant of the same name")
+            if cfg.production_of:
+                continue  # checked when resolved against the registry
             unknown = [v for v in cfg.split if v not in self.variants]
             if cfg.shadow and cfg.shadow.variant not in self.variants:
                 unknown.append(cfg.shadow.variant)
@@ -79,6 +90,36 @@ class Deployment(BaseModel):
             ):
                 raise ValueError(f"alias {alias!r}: split weights must be >= 0 with a positive sum")
         return self
+
+
+def resolve_production(deployment: Deployment, registry_home: Path | None) -> Deployment:
+    """Turn every `production_of` alias into a split: the base's production variant first,
+    the other served variants of that base as weight-0 fallbacks."""
+    pending = {a: c for a, c in deployment.aliases.items() if c.production_of}
+    if not pending:
+        return deployment
+    if registry_home is None or not (registry_home / "registry.db").exists():
+        raise SparsegateError(f"aliases {sorted(pending)} use production_of: give --registry")
+    from app.registry.store import Registry  # sqlite only: no torch in the gateway
+
+    registry = Registry(registry_home)
+    try:
+        served = {v.registry_name or n: n for n, v in deployment.variants.items()}
+        aliases = dict(deployment.aliases)
+        for alias, cfg in pending.items():
+            family = [r for r in registry.variants() if r.base == cfg.production_of]
+            live = [r for r in family if r.stage == "production" and r.name in served]
+            if not live:
+                raise SparsegateError(
+                    f"alias {alias!r}: no served variant of {cfg.production_of!r} is in production"
+                )
+            chosen = served[live[0].name]
+            rest = [served[r.name] for r in family if r.name in served and served[r.name] != chosen]
+            split = {chosen: 1.0, **dict.fromkeys(rest, 0.0)}
+            aliases[alias] = cfg.model_copy(update={"split": split, "production_of": None})
+        return deployment.model_copy(update={"aliases": aliases})
+    finally:
+        registry.close()
 
 
 def load_deployment(path: Path) -> Deployment:
