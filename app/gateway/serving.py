@@ -145,7 +145,8 @@ class Gateway:
                                      media_type="application/json", headers=meta)  # fmt: skip
         wants_usage = bool(request.stream_options and request.stream_options.include_usage)
         usage: dict = {}
-        text: list[str] = []
+        # The text is collected only where a shadow copy may need it (parsing costs).
+        text: list[str] | None = [] if done.may_shadow() else None
 
         async def events():
             status, outcome = 200, acc.ABORTED  # unless the stream runs to its end
@@ -165,7 +166,7 @@ class Gateway:
                          "type": "timeout", "param": None, "code": 504}  # fmt: skip
                 yield f"data: {json.dumps({'error': error})}\n\n".encode()
             finally:
-                done(status, usage, "".join(text), outcome=outcome)
+                done(status, usage, None if text is None else "".join(text), outcome=outcome)
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=meta)
 
@@ -176,6 +177,10 @@ class _Done:
     def __init__(self, gateway, engine, mark, alias, route, timings, body) -> None:
         self.gateway, self.engine, self.mark = gateway, engine, mark
         self.alias, self.route, self.timings, self.body = alias, route, timings, body
+
+    def may_shadow(self) -> bool:
+        alias = self.gateway.deployment.aliases.get(self.alias)
+        return bool(alias and alias.shadow and alias.shadow.fraction > 0)
 
     def __call__(self, status: int, usage, text, *, outcome: str | None = None) -> None:
         share = self.engine.leave(self.mark)

@@ -1,6 +1,7 @@
 """Forwarding to vLLM engines: one pooled HTTP client per engine, usage on every stream."""
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -96,40 +97,61 @@ def event_text(event: dict) -> str:
     return ""
 
 
+_USAGE = re.compile(rb'"usage":\s*\{')
+_NO_CHOICES = re.compile(rb'"choices":\s*\[\s*\]')
+_DONE = b"data: [DONE]"
+
+
 async def relay_sse(
     response: httpx.Response,
     *,
     client_wants_usage: bool,
     timings: Timings,
     usage: dict,
-    text: list[str],
+    text: list[str] | None,
 ) -> AsyncIterator[bytes]:
-    """Pass the engine's SSE events through, recording usage, text and token times; drop
-    the usage-only event the gateway asked for when the client did not. Closing this
-    generator (the client went away) closes the engine connection, and vLLM aborts."""
+    """Pass the engine's SSE events through, recording usage, token times and (when `text`
+    is a list, for shadow comparison) the text; drop the usage-only event the gateway asked
+    for when the client did not. Closing this generator (the client went away) closes the
+    engine connection, and vLLM aborts the request.
+
+    Per event this costs two byte searches: JSON is parsed only for the usage event (and for
+    the text when a shadow copy needs it), and everything one network read brings is sent on
+    in one write."""
+    pending = b""
     try:
-        async for line in response.aiter_lines():
-            if not line.startswith("data: "):
-                continue
-            data = line[6:]
-            if data.strip() == "[DONE]":
-                yield b"data: [DONE]\n\n"
-                continue
-            event = json.loads(data)
-            if event.get("choices"):
-                now = time.perf_counter()
-                if timings.first_token is None:
-                    timings.first_token = now
-                timings.token_events.append(now)
-                text.append(event_text(event))
-            if event.get("usage"):
-                usage.update(event["usage"])
-                if not event.get("choices") and not client_wants_usage:
+        async for chunk in response.aiter_bytes():
+            pending += chunk
+            *events, pending = pending.replace(b"\r\n", b"\n").split(b"\n\n")
+            out = []
+            for event in events:
+                event = event.strip()
+                if not event.startswith(b"data: "):
                     continue
-                if not client_wants_usage:
-                    event["usage"] = None
-                    data = json.dumps(event)
-            yield f"data: {data}\n\n".encode()
+                if event == _DONE:
+                    out.append(_DONE + b"\n\n")
+                    continue
+                has_choices = _NO_CHOICES.search(event) is None
+                if has_choices:
+                    now = time.perf_counter()
+                    if timings.first_token is None:
+                        timings.first_token = now
+                    timings.token_events.append(now)
+                has_usage = _USAGE.search(event) is not None
+                if has_usage or (has_choices and text is not None):
+                    data = json.loads(event[6:])
+                    if has_choices and text is not None:
+                        text.append(event_text(data))
+                    if has_usage:
+                        usage.update(data["usage"])
+                        if not client_wants_usage:
+                            if not has_choices:
+                                continue  # the usage-only event the gateway asked for
+                            data["usage"] = None
+                            event = b"data: " + json.dumps(data).encode()
+                out.append(event + b"\n\n")
+            if out:
+                yield b"".join(out)
     except httpx.TimeoutException as e:
         raise StreamTimeout(str(e)) from e
     finally:
