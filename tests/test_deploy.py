@@ -185,3 +185,18 @@ def test_gateway_never_imports_torch():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_grafana_dashboard_is_built_from_its_script():
+    """The committed JSON is what deploy/grafana/build_dashboard.py writes (no drift)."""
+    import importlib.util
+    import json
+
+    path = ROOT / "deploy" / "grafana" / "build_dashboard.py"
+    spec = importlib.util.spec_from_file_location("build_dashboard", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    committed = json.loads((ROOT / "deploy/grafana/dashboards/sparsegate.json").read_text())
+    assert committed == module.dashboard()
+    titles = [p["title"] for p in committed["panels"]]
+    assert len(titles) == len(set(titles)) >= 20
