@@ -4,6 +4,7 @@ import asyncio
 import json
 import time
 
+import anyio
 import httpx
 from fastapi.responses import Response, StreamingResponse
 
@@ -141,8 +142,8 @@ class Gateway:
                     await response.aclose()
                     done(response.status_code, None, None)
 
-            return StreamingResponse(error_body(), status_code=response.status_code,
-                                     media_type="application/json", headers=meta)  # fmt: skip
+            return _ClosingStream(error_body(), response, done, status_code=response.status_code,
+                                  media_type="application/json", headers=meta)  # fmt: skip
         wants_usage = bool(request.stream_options and request.stream_options.include_usage)
         usage: dict = {}
         # The text is collected only where a shadow copy may need it (parsing costs).
@@ -168,7 +169,27 @@ class Gateway:
             finally:
                 done(status, usage, None if text is None else "".join(text), outcome=outcome)
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers=meta)
+        return _ClosingStream(
+            events(), response, done, media_type="text/event-stream", headers=meta
+        )
+
+
+class _ClosingStream(StreamingResponse):
+    """A streamed response that always closes its books: when the client leaves before the
+    body generator even started, its `finally` never runs, so the engine connection and the
+    request's accounting are closed here (as an aborted request)."""
+
+    def __init__(self, content, upstream: httpx.Response, done: "_Done", **kwargs) -> None:
+        super().__init__(content, **kwargs)
+        self._upstream, self._done = upstream, done
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._upstream.aclose()
+            self._done(self.status_code, None, None, outcome=acc.ABORTED)
 
 
 class _Done:
@@ -177,12 +198,16 @@ class _Done:
     def __init__(self, gateway, engine, mark, alias, route, timings, body) -> None:
         self.gateway, self.engine, self.mark = gateway, engine, mark
         self.alias, self.route, self.timings, self.body = alias, route, timings, body
+        self.closed = False
 
     def may_shadow(self) -> bool:
         alias = self.gateway.deployment.aliases.get(self.alias)
         return bool(alias and alias.shadow and alias.shadow.fraction > 0)
 
     def __call__(self, status: int, usage, text, *, outcome: str | None = None) -> None:
+        if self.closed:  # the stream's own `finally` came first
+            return
+        self.closed = True
         share = self.engine.leave(self.mark)
         if outcome is None:
             outcome = acc.OK if status == 200 else acc.ENGINE_ERROR
