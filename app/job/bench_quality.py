@@ -35,11 +35,16 @@ def recipes(base: str, quick: bool) -> dict[str, tuple[str, Recipe]]:
     pruned["q-channels70"] = (base, Recipe(prune="wanda", **STRUCTURED[1]))
     rows = {"q-w8a8": (base, Recipe(quant="w8a8")), **pruned}
     rows |= {f"{name}-w8a8": (name, Recipe(quant="w8a8")) for name in pruned}
-    lora = Recipe(prune="wanda", sparsity=0.5, recover="lora", steps=LORA_STEPS)
+    recovered = {
+        f"q-{method}-50-lora": (
+            base, Recipe(prune=method, sparsity=0.5, recover="lora", steps=LORA_STEPS)
+        )
+        for method in (["wanda"] if quick else ["wanda", "sparsegpt"])
+    }  # fmt: skip
     # The control: the same fine-tuning on the dense model (how much is recovery, how much
     # is adapting to the calibration text's domain).
     control = Recipe(recover="lora", steps=LORA_STEPS)
-    return rows | {"q-wanda-50-lora": (base, lora), "q-dense-lora": (base, control)}
+    return rows | recovered | {"q-dense-lora": (base, control)}
 
 
 def run(base: str, home: Path, quick: bool, out: Path, console: Console) -> list[dict]:
