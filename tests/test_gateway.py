@@ -4,6 +4,7 @@ import asyncio
 import hashlib
 import json
 import math
+import socket
 import time
 
 import httpx
@@ -26,8 +27,12 @@ def gateway(tiny_engines, tiny_registry, start_gateway):
     variants["tiny-a-priced"] = {
         "url": tiny_engines["tiny-a"], "served_name": "tiny-a", "price_per_hour": 36.0
     }  # fmt: skip
-    variants["tiny-a-impatient"] = {
-        "url": tiny_engines["tiny-a"], "served_name": "tiny-a", "request_timeout_s": 0.2
+    # An upstream that accepts connections and never answers: a deterministic timeout.
+    stalled = socket.socket()
+    stalled.bind(("127.0.0.1", 0))
+    stalled.listen(16)
+    variants["stalled"] = {
+        "url": f"http://127.0.0.1:{stalled.getsockname()[1]}", "request_timeout_s": 0.5
     }  # fmt: skip
     variants["dead"] = {"url": f"http://127.0.0.1:{free_port()}"}
     deployment = {
@@ -43,7 +48,8 @@ def gateway(tiny_engines, tiny_registry, start_gateway):
             "tiny-prod": {"production_of": "tiny"},
         },
     }
-    return start_gateway(deployment, "--registry", str(tiny_registry))
+    yield start_gateway(deployment, "--registry", str(tiny_registry))
+    stalled.close()
 
 
 @pytest.fixture
@@ -365,14 +371,13 @@ def test_client_disconnect_aborts_the_engine_request(gateway, tiny_engines):
 
 
 def test_upstream_timeout_answers_504(client, gateway):
-    before = metric(gateway, "sparsegate_requests_total", variant="tiny-a-impatient", status="504")
+    before = metric(gateway, "sparsegate_requests_total", variant="stalled", status="504")
+    start = time.monotonic()
     with pytest.raises(openai.APIStatusError) as info:
-        client.completions.create(
-            model="tiny-a-impatient", prompt=PROMPT, max_tokens=500, extra_body={"ignore_eos": True}
-        )
-    assert info.value.status_code == 504
+        client.completions.create(model="stalled", prompt=PROMPT, max_tokens=5)
+    assert info.value.status_code == 504 and time.monotonic() - start < 10
     assert info.value.response.json()["error"]["code"] == 504
-    after = metric(gateway, "sparsegate_requests_total", variant="tiny-a-impatient", status="504")
+    after = metric(gateway, "sparsegate_requests_total", variant="stalled", status="504")
     assert after - before == 1
 
 

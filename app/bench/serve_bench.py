@@ -1,10 +1,10 @@
 """`sparsegate bench serve`: the same load against each variant through the gateway."""
 
 import asyncio
-import re
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -97,10 +97,10 @@ def gateway_facts(url: str, headers: dict) -> dict:
     except httpx.HTTPError as e:
         raise SparsegateError(f"cannot reach the gateway at {url}: {e}") from None
     prices = {
-        m.group(1): float(m.group(2))
-        for m in re.finditer(
-            r'^sparsegate_engine_price_dollars_per_hour\{variant="([^"]+)"\} (\S+)$', metrics, re.M
-        )
+        sample.labels["variant"]: sample.value
+        for family in text_string_to_metric_families(metrics)
+        if family.name == "sparsegate_engine_price_dollars_per_hour"
+        for sample in family.samples
     }
     quality = {
         row["variant"]: {"ppl_ratio": row.get("ppl_ratio"), "bytes": row.get("bytes"),
