@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from app.cli.models import RegistryOpt, _open, console
+from app.cli.models import RegistryOpt, _home, _open, console
 
 
 def serve(
@@ -68,9 +68,7 @@ def serve(
 
 def _registry_if_any(registry: Path | None) -> Path | None:
     """The registry for the facts gauges, when there is one; url-only deployments need none."""
-    from app.config import Settings
-
-    home = registry or Settings().home
+    home = _home(registry)
     return home.resolve() if (home / "registry.db").exists() else None
 
 

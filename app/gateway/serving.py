@@ -175,9 +175,10 @@ class Gateway:
 
 
 class _ClosingStream(StreamingResponse):
-    """A streamed response that always closes its books: when the client leaves before the
-    body generator even started, its `finally` never runs, so the engine connection and the
-    request's accounting are closed here (as an aborted request)."""
+    """A streamed response that always closes the engine connection (shielded: on a client
+    disconnect this runs in a cancelled task) and the request's books; when the client left
+    before the body generator even started, its `finally` never ran, so the request counts
+    as aborted here."""
 
     def __init__(self, content, upstream: httpx.Response, done: "_Done", **kwargs) -> None:
         super().__init__(content, **kwargs)

@@ -6,7 +6,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import anyio
 import httpx
 
 from app.gateway.config import VariantConfig
@@ -112,8 +111,8 @@ async def relay_sse(
 ) -> AsyncIterator[bytes]:
     """Pass the engine's SSE events through, recording usage, token times and (when `text`
     is a list, for shadow comparison) the text; drop the usage-only event the gateway asked
-    for when the client did not. Closing this generator (the client went away) closes the
-    engine connection, and vLLM aborts the request.
+    for when the client did not. The caller owns the response and closes it (the client
+    leaving closes the engine connection, and vLLM aborts the request).
 
     Per event this costs two byte searches: JSON is parsed only for the usage event (and for
     the text when a shadow copy needs it), and everything one network read brings is sent on
@@ -156,7 +155,3 @@ async def relay_sse(
         raise StreamTimeout(str(e)) from e
     finally:
         timings.end = time.perf_counter()
-        # Shielded: on a client disconnect this runs inside a cancelled task, and an
-        # unshielded await would be cancelled too, leaving the engine generating.
-        with anyio.CancelScope(shield=True):
-            await response.aclose()
