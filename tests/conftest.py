@@ -160,15 +160,17 @@ def start_gateway(tmp_path_factory):
         port = free_port()
         config = tmp / f"deploy-{port}.yaml"
         config.write_text(yaml.safe_dump(deployment))
-        proc = subprocess.Popen(
-            [str(SPARSEGATE), "serve", "--config", str(config), "--port", str(port), *args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        log = tmp / f"gateway-{port}.log"  # a file, not a pipe nobody reads: that would fill
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                [str(SPARSEGATE), "serve", "--config", str(config), "--port", str(port), *args],
+                stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read()
+            assert proc.poll() is None, log.read_text()
             try:
                 if httpx.get(f"{url}/health").status_code == 200:
                     return url

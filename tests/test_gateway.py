@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 import socket
+import threading
 import time
 
 import httpx
@@ -35,6 +36,8 @@ def gateway(tiny_engines, tiny_registry, start_gateway):
         "url": f"http://127.0.0.1:{stalled.getsockname()[1]}", "request_timeout_s": 0.5
     }  # fmt: skip
     variants["dead"] = {"url": f"http://127.0.0.1:{free_port()}"}
+    broken = _start_broken_upstream()
+    variants["broken"] = {"url": f"http://127.0.0.1:{broken.getsockname()[1]}"}
     deployment = {
         "gateway": {"max_tokens_cap": 512, "max_body_bytes": 65536},
         "variants": variants,
@@ -50,6 +53,38 @@ def gateway(tiny_engines, tiny_registry, start_gateway):
     }
     yield start_gateway(deployment, "--registry", str(tiny_registry))
     stalled.close()
+    broken.close()
+
+
+_FIRST_EVENT = {"id": "cmpl-x", "object": "text_completion", "created": 0, "model": "broken",
+                "choices": [{"index": 0, "text": "Hello", "finish_reason": None}]}  # fmt: skip
+
+
+def _start_broken_upstream() -> socket.socket:
+    """An engine that starts a stream, sends one event and drops the connection."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return  # closed at teardown
+            with conn:
+                conn.recv(65536)
+                event = f"data: {json.dumps(_FIRST_EVENT)}\n\n".encode()
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                    b"transfer-encoding: chunked\r\n\r\n"
+                    + f"{len(event):x}\r\n".encode()
+                    + event
+                    + b"\r\n"
+                )  # and no last chunk: the stream breaks
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server
 
 
 @pytest.fixture
@@ -378,6 +413,18 @@ def test_upstream_timeout_answers_504(client, gateway):
     assert info.value.status_code == 504 and time.monotonic() - start < 10
     assert info.value.response.json()["error"]["code"] == 504
     after = metric(gateway, "sparsegate_requests_total", variant="stalled", status="504")
+    assert after - before == 1
+
+
+def test_engine_failing_mid_stream_ends_the_stream_with_an_error(gateway):
+    before = metric(gateway, "sparsegate_requests_total", variant="broken", outcome="engine_error")
+    body = {"model": "broken", "prompt": PROMPT, "max_tokens": 5, "stream": True}
+    with httpx.stream("POST", f"{gateway}/v1/completions", json=body, timeout=30) as r:
+        assert r.status_code == 200
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    assert events[0]["choices"][0]["text"] == "Hello"  # what came before the break is relayed
+    assert events[-1]["error"]["code"] == 502 and "mid-stream" in events[-1]["error"]["message"]
+    after = metric(gateway, "sparsegate_requests_total", variant="broken", outcome="engine_error")
     assert after - before == 1
 
 

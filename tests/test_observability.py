@@ -213,6 +213,10 @@ def test_bench_overhead_compares_gateway_and_engine(gateway, tiny_engines, tmp_p
         assert result[side]["requests"] == 8 and result[side]["errors"] == 0
     assert "throughput lost" in proc.stdout
     assert set(result["added_ms"]["e2e_ms"]) == {"p50", "p99"}
+    # The gateway's own CPU over its rounds: some, and less than the rounds' wall time.
+    cpu = result["gateway_cpu"]
+    assert 0 < cpu["share_of_wall"] < 1 and cpu["ms_per_request"] > 0
+    assert "gateway CPU" in proc.stdout
 
 
 def test_models_path_gives_engines_a_folder_they_can_load(tiny_registry):

@@ -2,7 +2,8 @@
 
 Every request streams, so TTFT and inter-token gaps are measured per token event as
 `vllm bench serve` does; output lengths are fixed with `ignore_eos` so variants that stop
-early do not look faster.
+early do not look faster. The client is aiohttp's, as in `vllm bench serve`: it needs a
+fraction of httpx's CPU, which on a small machine the engine under test would lose.
 """
 
 import asyncio
@@ -11,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
 
 
 @dataclass
@@ -56,7 +57,12 @@ def prompts(n_words: int, count: int) -> list[str]:
 
 
 async def one_request(
-    http: httpx.AsyncClient, model: str, prompt: str, output_tokens: int, headers: dict
+    http: aiohttp.ClientSession,
+    url: str,
+    model: str,
+    prompt: str,
+    output_tokens: int,
+    headers: dict,
 ) -> Outcome:
     body = {
         "model": model, "prompt": prompt, "max_tokens": output_tokens, "temperature": 0,
@@ -66,12 +72,13 @@ async def one_request(
     out = Outcome(ok=False, start=start)
     last = None
     try:
-        async with http.stream("POST", "/v1/completions", json=body, headers=headers) as r:
-            if r.status_code != 200:
-                out.error = f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
+        async with http.post(url, json=body, headers=headers) as r:
+            if r.status != 200:
+                out.error = f"HTTP {r.status}: {(await r.read())[:200]!r}"
                 return out
-            async for line in r.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
+            async for raw in r.content:  # one line at a time
+                line = raw.strip()
+                if not line.startswith(b"data: ") or line == b"data: [DONE]":
                     continue
                 event = json.loads(line[6:])
                 if event.get("error"):
@@ -87,7 +94,7 @@ async def one_request(
                 if event.get("usage"):
                     out.prompt_tokens = event["usage"].get("prompt_tokens") or 0
                     out.output_tokens = event["usage"].get("completion_tokens") or 0
-    except httpx.HTTPError as e:
+    except (aiohttp.ClientError, TimeoutError) as e:
         out.error = f"{type(e).__name__}: {e}"
         return out
     out.e2e = time.perf_counter() - start
@@ -109,20 +116,21 @@ async def run_load(
     for t in texts:
         queue.put_nowait(t)
     outcomes: list[Outcome] = []
-    limits = httpx.Limits(max_connections=load.concurrency * 2)
-    timeout = httpx.Timeout(600.0, connect=10.0)
+    url = base_url.rstrip("/") + "/v1/completions"
+    timeout = aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=600.0)
     started = time.perf_counter()
 
-    async def worker(http: httpx.AsyncClient) -> None:
+    async def worker(http: aiohttp.ClientSession) -> None:
         while not queue.empty():
             if load.duration_s and time.perf_counter() - started > load.duration_s:
                 return
             prompt = queue.get_nowait()
-            result = await one_request(http, model, prompt, load.output_tokens, headers or {})
+            result = await one_request(http, url, model, prompt, load.output_tokens, headers or {})
             outcomes.append(result)
             if on_done:
                 on_done(result)
 
-    async with httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits) as http:
+    connector = aiohttp.TCPConnector(limit=load.concurrency * 2)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
         await asyncio.gather(*(worker(http) for _ in range(load.concurrency)))
     return outcomes, time.perf_counter() - started

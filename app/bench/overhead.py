@@ -1,9 +1,27 @@
 """The gateway's own overhead: the same load against the engine directly and through the
-gateway, alternating in rounds within one run, so that drift hits both sides alike."""
+gateway, alternating in rounds within one run, so that drift hits both sides alike.
 
+Latency and throughput differences depend on the machine (on a small one the gateway takes
+CPU from the engine it fronts); the gateway's own CPU time per request and per token, read
+from its `process_cpu_seconds_total` over the gateway rounds, is the figure that carries
+over to any machine."""
+
+import httpx
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.bench.load import Load, Outcome, run_load
+
+
+async def gateway_cpu_seconds(url: str) -> float | None:
+    """The gateway process's CPU seconds (user + system); None where it does not say (with
+    several workers prometheus-client exports no process metrics)."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        text = (await http.get(f"{url.rstrip('/')}/metrics")).text
+    for family in text_string_to_metric_families(text):
+        if family.name == "process_cpu_seconds":
+            return sum(sample.value for sample in family.samples)
+    return None
 
 
 async def measure_overhead(
@@ -11,11 +29,16 @@ async def measure_overhead(
 ) -> dict:
     sides: dict[str, tuple[list[Outcome], float]] = {"direct": ([], 0.0), "gateway": ([], 0.0)}
     per_round = Load(**{**load.__dict__, "requests": max(1, load.requests // rounds)})
+    cpu: float | None = 0.0
     for _ in range(rounds):
         for side, url, name in (("direct", engine_url, served_name),
                                 ("gateway", gateway_url, model)):  # fmt: skip
+            before = await gateway_cpu_seconds(gateway_url) if side == "gateway" else None
             outcomes, wall = await run_load(url, name, per_round)
             sides[side] = (sides[side][0] + outcomes, sides[side][1] + wall)
+            if side == "gateway":
+                after = await gateway_cpu_seconds(gateway_url)
+                cpu = None if cpu is None or before is None else cpu + after - before
     out: dict = {"rounds": rounds, "load": load.__dict__}
     for side, (outcomes, wall) in sides.items():
         ok = [o for o in outcomes if o.ok]
@@ -34,4 +57,11 @@ async def measure_overhead(
         for metric in ("ttft_ms", "e2e_ms")
     }
     out["throughput_lost"] = 1 - g["output_tokens_per_s"] / d["output_tokens_per_s"]
+    tokens = sum(o.output_tokens for o in sides["gateway"][0] if o.ok)
+    out["gateway_cpu"] = None if cpu is None else {
+        "seconds": cpu,
+        "ms_per_request": cpu * 1000 / max(1, g["requests"]),
+        "us_per_token": cpu * 1e6 / max(1, tokens),
+        "share_of_wall": cpu / sides["gateway"][1],
+    }  # fmt: skip
     return out

@@ -96,6 +96,13 @@ def bench_overhead(
         f"{added['e2e_ms']['p99']:+.2f} ms; throughput lost {result['throughput_lost']:.2%} "
         f"at {concurrency} concurrent streams"
     )
+    cpu = result["gateway_cpu"]
+    if cpu:
+        console.print(
+            f"gateway CPU {cpu['ms_per_request']:.2f} ms per request, "
+            f"{cpu['us_per_token']:.0f} µs per streamed token "
+            f"({cpu['share_of_wall']:.1%} of one core during its rounds)"
+        )
     if out:
         out.write_text(json.dumps(result, indent=2))
 

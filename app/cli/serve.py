@@ -18,6 +18,7 @@ def serve(
     port: Annotated[int, typer.Option(help="Gateway port")] = 8080,
     workers: Annotated[int, typer.Option(min=1, help="Gateway worker processes")] = 1,
     registry: RegistryOpt = None,
+    access_log: Annotated[bool, typer.Option(help="Log every HTTP request")] = True,
 ) -> None:
     """Serve the deployment's variants behind the OpenAI-compatible gateway."""
     import uvicorn
@@ -27,6 +28,7 @@ def serve(
     from app.gateway.config import load_deployment, resolve_production
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per health check
     deployment = load_deployment(config)
     spawned = {n: v for n, v in deployment.variants.items() if v.spawn is not None}
     reg = _open(registry) if spawned else None
@@ -57,7 +59,7 @@ def serve(
     try:
         uvicorn.run(
             "app.gateway.app:app_from_env", factory=True, host=host, port=port,
-            workers=workers, log_level="info",
+            workers=workers, log_level="info", access_log=access_log,
         )  # fmt: skip
     finally:
         if supervisor:

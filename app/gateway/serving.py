@@ -4,8 +4,7 @@ import asyncio
 import json
 import time
 
-import anyio
-import httpx
+import aiohttp
 from fastapi.responses import Response, StreamingResponse
 
 from app.gateway import accounting as acc
@@ -17,6 +16,7 @@ from app.gateway.shadow import ShadowRunner
 from app.gateway.upstream import (
     Engine,
     EngineUnavailable,
+    StreamBroken,
     StreamTimeout,
     Timings,
     event_text,
@@ -36,18 +36,14 @@ class Gateway:
         self.shadow = ShadowRunner(
             [(a, c.shadow.variant) for a, c in deployment.aliases.items() if c.shadow]
         )
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-        self.engines = {}
-        for name, cfg in deployment.variants.items():
-            seconds = cfg.request_timeout_s or deployment.gateway.request_timeout_s
-            client = httpx.AsyncClient(
-                base_url=cfg.base_url, timeout=httpx.Timeout(seconds, connect=5.0), limits=limits
-            )
-            self.engines[name] = Engine(name, cfg, client)
+        self.engines = {
+            name: Engine(name, cfg, cfg.request_timeout_s or deployment.gateway.request_timeout_s)
+            for name, cfg in deployment.variants.items()
+        }
 
     async def close(self) -> None:
         await self.shadow.drain()
-        await asyncio.gather(*(e.client.aclose() for e in self.engines.values()))
+        await asyncio.gather(*(e.close() for e in self.engines.values()))
 
     async def ready(self) -> dict[str, bool]:
         states = await asyncio.gather(*(e.ready() for e in self.engines.values()))
@@ -117,11 +113,11 @@ class Gateway:
             if request.stream:
                 return self._stream(response, request, done, meta)
             timings.end = time.perf_counter()
-            usage, text = _usage_and_text(response)
-            done(response.status_code, usage, text)
+            usage, text = _usage_and_text(response.content)
+            done(response.status, usage, text)
             return Response(
                 response.content,
-                status_code=response.status_code,
+                status_code=response.status,
                 media_type="application/json",
                 headers={**meta, **timings.headers(), **_usage_headers(usage)},
             )
@@ -133,16 +129,16 @@ class Gateway:
         raise GatewayError(503, f"no engine ready for {request.model!r}")
 
     def _stream(self, response, request, done: "_Done", meta) -> Response:
-        if response.status_code != 200:  # an engine's own error passes through
+        if response.status != 200:  # an engine's own error passes through
 
             async def error_body():
                 try:
-                    yield await response.aread()
+                    yield await response.read()
                 finally:
-                    await response.aclose()
-                    done(response.status_code, None, None)
+                    response.release()
+                    done(response.status, None, None)
 
-            return _ClosingStream(error_body(), response, done, status_code=response.status_code,
+            return _ClosingStream(error_body(), response, done, status_code=response.status,
                                   media_type="application/json", headers=meta)  # fmt: skip
         wants_usage = bool(request.stream_options and request.stream_options.include_usage)
         usage: dict = {}
@@ -166,6 +162,11 @@ class Gateway:
                 error = {"message": f"engine {done.engine.name} stopped sending in time",
                          "type": "timeout", "param": None, "code": 504}  # fmt: skip
                 yield f"data: {json.dumps({'error': error})}\n\n".encode()
+            except StreamBroken as e:
+                status, outcome = 502, acc.ENGINE_ERROR
+                error = {"message": f"engine {done.engine.name} failed mid-stream: {e}",
+                         "type": "engine_error", "param": None, "code": 502}  # fmt: skip
+                yield f"data: {json.dumps({'error': error})}\n\n".encode()
             finally:
                 done(status, usage, None if text is None else "".join(text), outcome=outcome)
 
@@ -180,7 +181,7 @@ class _ClosingStream(StreamingResponse):
     before the body generator even started, its `finally` never ran, so the request counts
     as aborted here."""
 
-    def __init__(self, content, upstream: httpx.Response, done: "_Done", **kwargs) -> None:
+    def __init__(self, content, upstream: aiohttp.ClientResponse, done: "_Done", **kwargs) -> None:
         super().__init__(content, **kwargs)
         self._upstream, self._done = upstream, done
 
@@ -188,8 +189,9 @@ class _ClosingStream(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._upstream.aclose()
+            # Returns the connection to the pool after a complete stream, closes it otherwise
+            # (the client left: vLLM sees the disconnect and aborts the request).
+            self._upstream.release()
             self._done(self.status_code, None, None, outcome=acc.ABORTED)
 
 
@@ -225,9 +227,9 @@ class _Done:
                 )
 
 
-def _usage_and_text(response: httpx.Response) -> tuple[dict, str | None]:
+def _usage_and_text(content: bytes) -> tuple[dict, str | None]:
     try:
-        payload = json.loads(response.content)
+        payload = json.loads(content)
     except ValueError:
         return {}, None
     if not isinstance(payload, dict):

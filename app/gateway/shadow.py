@@ -9,7 +9,7 @@ tokens (both texts tokenized by the candidate's engine, which shares the base's 
 import asyncio
 import logging
 
-import httpx
+import aiohttp
 
 from app.gateway.upstream import Engine, event_text
 from app.metrics import definitions as m
@@ -52,15 +52,14 @@ class ShadowRunner:
         copy["model"] = served
         mark = engine.enter()
         try:
-            response = await engine.client.post(route, json=copy)
-            result = response.json()
-        except (httpx.HTTPError, ValueError) as e:
+            status, result = await engine.post_json(route, copy)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             log.info("shadow copy to %s failed: %s", engine.name, e)
             m.SHADOW_REQUESTS.labels(*labels, "failed").inc()
             return
         finally:
             engine.leave(mark)
-        if response.status_code != 200:
+        if status != 200 or not isinstance(result, dict):
             m.SHADOW_REQUESTS.labels(*labels, "failed").inc()
             return
         usage = result.get("usage") or {}
@@ -83,12 +82,13 @@ async def _token_prefix(engine: Engine, served: str, a: str, b: str) -> tuple[in
     try:
         ids = []
         for text in (a, b):
-            r = await engine.client.post(
-                "/tokenize", json={"model": served, "prompt": text, "add_special_tokens": False}
+            status, result = await engine.post_json(
+                "/tokenize", {"model": served, "prompt": text, "add_special_tokens": False}
             )
-            r.raise_for_status()
-            ids.append(r.json()["tokens"])
-    except (httpx.HTTPError, ValueError, KeyError):
+            if status != 200:
+                return 0, None
+            ids.append(result["tokens"])
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
         return 0, None
     prefix = 0
     for x, y in zip(ids[0], ids[1], strict=False):

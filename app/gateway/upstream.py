@@ -1,4 +1,8 @@
-"""Forwarding to vLLM engines: one pooled HTTP client per engine, usage on every stream."""
+"""Forwarding to vLLM engines: one pooled HTTP client per engine, usage on every stream.
+
+The client is aiohttp's: for the same streamed request it spends about a fifth of the CPU
+httpx does (measured with 16 concurrent streams against vLLM), and on a machine whose cores
+the gateway shares with the engines that CPU comes straight out of the engines' throughput."""
 
 import json
 import re
@@ -6,7 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
 
 from app.gateway.config import VariantConfig
 from app.gateway.errors import GatewayError
@@ -22,16 +26,44 @@ class StreamTimeout(Exception):
     """The engine stopped sending mid-stream for longer than the request timeout."""
 
 
+class StreamBroken(Exception):
+    """The engine's connection failed mid-stream (the engine died or closed it)."""
+
+
+# vLLM's server (uvicorn) closes idle keep-alive connections after 5 s; dropping ours
+# sooner means a request never lands on a connection the engine is closing.
+_KEEPALIVE_S = 4.0
+
+
 @dataclass
 class Engine:
     name: str
     config: VariantConfig
-    client: httpx.AsyncClient
+    timeout_s: float  # the longest wait for the engine's next byte
     inflight: int = 0
     clock: SharingClock = field(default_factory=SharingClock)
+    _session: aiohttp.ClientSession | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         m.PRICE.labels(self.name).set(self.config.price_per_hour)
+
+    def url(self, path: str) -> str:
+        return self.config.base_url.rstrip("/") + path
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The engine's connection pool (made on first use: it belongs to the event loop)."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_S),
+                timeout=aiohttp.ClientTimeout(total=None, connect=5.0, sock_read=self.timeout_s),
+                auto_decompress=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
     def enter(self) -> float:
         self.inflight += 1
@@ -46,9 +78,16 @@ class Engine:
 
     async def ready(self) -> bool:
         try:
-            return (await self.client.get("/health", timeout=2)).status_code == 200
-        except httpx.HTTPError:
+            timeout = aiohttp.ClientTimeout(total=2)
+            async with self.session.get(self.url("/health"), timeout=timeout) as r:
+                return r.status == 200
+        except (aiohttp.ClientError, TimeoutError):
             return False
+
+    async def post_json(self, path: str, body: dict) -> tuple[int, dict]:
+        """A plain request (shadow copies, tokenizing): status and parsed JSON body."""
+        async with self.session.post(self.url(path), json=body) as r:
+            return r.status, json.loads(await r.read())
 
 
 @dataclass
@@ -67,21 +106,46 @@ class Timings:
         return out
 
 
-async def send(engine: Engine, path: str, body: dict, *, stream: bool) -> httpx.Response:
-    """POST to the engine; with `stream`, return once it has answered with headers.
+@dataclass
+class Plain:
+    """A whole (non-streamed) answer of the engine."""
+
+    status: int
+    content: bytes
+
+
+async def send(
+    engine: Engine, path: str, body: dict, *, stream: bool
+) -> aiohttp.ClientResponse | Plain:
+    """POST to the engine. With `stream`, the response once its headers are in (the caller
+    releases it); without, the whole answer.
 
     Raises EngineUnavailable when it failed before any byte (the caller may fall back)."""
-    request = engine.client.build_request("POST", path, json=body)
-    try:
-        response = await engine.client.send(request, stream=stream)
-    except httpx.TimeoutException as e:
-        raise GatewayError(504, f"engine {engine.name} did not answer in time") from e
-    except httpx.HTTPError as e:
-        raise EngineUnavailable(str(e)) from e
-    if response.status_code >= 500:
-        await response.aclose()
-        raise EngineUnavailable(f"engine {engine.name} answered {response.status_code}")
-    return response
+    data = json.dumps(body).encode()
+    for attempt in (1, 2):
+        try:
+            response = await engine.session.post(
+                engine.url(path), data=data, headers={"content-type": "application/json"}
+            )
+            if stream:
+                break
+            try:
+                answer = Plain(response.status, await response.read())
+            finally:
+                response.release()
+            break
+        except aiohttp.SocketTimeoutError as e:
+            raise GatewayError(504, f"engine {engine.name} did not answer in time") from e
+        except aiohttp.ServerDisconnectedError as e:
+            if attempt == 1:  # a pooled connection the engine closed as we reused it
+                continue
+            raise EngineUnavailable(f"engine {engine.name}: {type(e).__name__}: {e}") from e
+        except aiohttp.ClientError as e:
+            raise EngineUnavailable(f"engine {engine.name}: {type(e).__name__}: {e}") from e
+    if response.status >= 500:
+        response.release()
+        raise EngineUnavailable(f"engine {engine.name} answered {response.status}")
+    return response if stream else answer
 
 
 def event_text(event: dict) -> str:
@@ -102,7 +166,7 @@ _DONE = b"data: [DONE]"
 
 
 async def relay_sse(
-    response: httpx.Response,
+    response: aiohttp.ClientResponse,
     *,
     client_wants_usage: bool,
     timings: Timings,
@@ -119,7 +183,7 @@ async def relay_sse(
     in one write."""
     pending = b""
     try:
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.content.iter_any():
             pending += chunk
             *events, pending = pending.replace(b"\r\n", b"\n").split(b"\n\n")
             out = []
@@ -151,7 +215,9 @@ async def relay_sse(
                 out.append(event + b"\n\n")
             if out:
                 yield b"".join(out)
-    except httpx.TimeoutException as e:
+    except TimeoutError as e:  # aiohttp.SocketTimeoutError: no byte within the timeout
         raise StreamTimeout(str(e)) from e
+    except aiohttp.ClientError as e:
+        raise StreamBroken(f"{type(e).__name__}: {e}") from e
     finally:
         timings.end = time.perf_counter()
