@@ -2,8 +2,8 @@
 
 Every request streams, so TTFT and inter-token gaps are measured per token event as
 `vllm bench serve` does; output lengths are fixed with `ignore_eos` so variants that stop
-early do not look faster. The client is aiohttp's, as in `vllm bench serve`: it needs a
-fraction of httpx's CPU, which on a small machine the engine under test would lose.
+early do not look faster. The client is aiohttp's, as in `vllm bench serve`: it needs half
+or less of httpx's CPU, which on a small machine the engine under test would lose.
 """
 
 import asyncio

@@ -1,8 +1,8 @@
 """Forwarding to vLLM engines: one pooled HTTP client per engine, usage on every stream.
 
-The client is aiohttp's: for the same streamed request it spends about a fifth of the CPU
-httpx does (measured with 16 concurrent streams against vLLM), and on a machine whose cores
-the gateway shares with the engines that CPU comes straight out of the engines' throughput."""
+The client is aiohttp's: with it the gateway spends 2 to 3.5 times less CPU per streamed
+request than it did with httpx (16 concurrent streams against vLLM), and on a machine whose
+cores the gateway shares with the engines that CPU comes straight out of their throughput."""
 
 import json
 import re
