@@ -159,14 +159,12 @@ class Gateway:
                 outcome = acc.OK
             except StreamTimeout:
                 status, outcome = 504, acc.TIMEOUT
-                error = {"message": f"engine {done.engine.name} stopped sending in time",
-                         "type": "timeout", "param": None, "code": 504}  # fmt: skip
-                yield f"data: {json.dumps({'error': error})}\n\n".encode()
+                yield _error_event(status, "timeout", f"engine {done.engine.name} stopped "
+                                   "sending in time")  # fmt: skip
             except StreamBroken as e:
                 status, outcome = 502, acc.ENGINE_ERROR
-                error = {"message": f"engine {done.engine.name} failed mid-stream: {e}",
-                         "type": "engine_error", "param": None, "code": 502}  # fmt: skip
-                yield f"data: {json.dumps({'error': error})}\n\n".encode()
+                yield _error_event(status, "engine_error", f"engine {done.engine.name} failed "
+                                   f"mid-stream: {e}")  # fmt: skip
             finally:
                 done(status, usage, None if text is None else "".join(text), outcome=outcome)
 
@@ -235,6 +233,12 @@ def _usage_and_text(content: bytes) -> tuple[dict, str | None]:
     if not isinstance(payload, dict):
         return {}, None
     return payload.get("usage") or {}, event_text(payload)
+
+
+def _error_event(status: int, kind: str, message: str) -> bytes:
+    """An SSE event in OpenAI's error format: how a stream that already began reports one."""
+    error = {"message": message, "type": kind, "param": None, "code": status}
+    return f"data: {json.dumps({'error': error})}\n\n".encode()
 
 
 def _usage_headers(usage: dict) -> dict[str, str]:

@@ -127,12 +127,9 @@ async def send(
             response = await engine.session.post(
                 engine.url(path), data=data, headers={"content-type": "application/json"}
             )
-            if stream:
-                break
-            try:
-                answer = Plain(response.status, await response.read())
-            finally:
-                response.release()
+            if not stream:
+                async with response:  # reads the whole answer, then frees the connection
+                    answer = Plain(response.status, await response.read())
             break
         except aiohttp.SocketTimeoutError as e:
             raise GatewayError(504, f"engine {engine.name} did not answer in time") from e
