@@ -326,12 +326,17 @@ def test_cost_is_price_times_shared_busy_time(gateway):
             assert all(r.status_code == 200 for r in results)
             return time.perf_counter() - start
 
-    c0, t0 = cost(), e2e()
-    wall = asyncio.run(burst())
-    charged, summed = cost() - c0, e2e() - t0
+    # The check needs the four to overlap; on a busy machine one can lag behind the others
+    # (vLLM sometimes takes seconds to pick a request up), so a burst that did not is redone.
+    for _ in range(3):
+        c0, t0 = cost(), e2e()
+        wall = asyncio.run(burst())
+        charged, summed = cost() - c0, e2e() - t0
+        if summed > 2 * wall:
+            break
+    assert summed > 2 * wall  # the requests did overlap, so sharing mattered
     assert charged <= price / 3600 * wall * 1.02
     assert charged >= price / 3600 * wall * 0.6
-    assert summed > 2 * wall  # the requests did overlap, so sharing mattered
 
 
 def test_shadow_traffic_is_compared_and_accounted_apart(client, gateway, tiny_engines):
