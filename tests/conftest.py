@@ -8,6 +8,7 @@ import pytest
 
 # Tests run in the serve environment; the CLI hands compress jobs to its sibling.
 SPARSEGATE = Path(sys.prefix) / "bin" / "sparsegate"
+ROOT = Path(__file__).resolve().parents[1]
 VENVS = Path(os.environ.get("SPARSEGATE_VENVS", Path(sys.prefix).parent))
 
 
@@ -50,19 +51,27 @@ def free_port() -> int:
 
 
 class EngineStarter:
-    """Starts vLLM engines in parallel: starter({name: folder}) -> {name: url}."""
+    """Starts vLLM engines in parallel: starter({name: folder}) -> {name: url}; each logs
+    to logs/NAME.log."""
 
     def __init__(self, logs: Path) -> None:
         self.logs = logs
         self.started = []
 
-    def __call__(self, models: dict[str, Path]) -> dict[str, str]:
+    def __call__(
+        self, models: dict[str, Path], extra_args: list[str] = (), env: dict | None = None
+    ) -> dict[str, str]:
         from app.engines.vllm_process import EngineSettings, VllmProcess
 
         batch = [
             VllmProcess(
                 EngineSettings(
-                    model=folder, served_name=name, port=free_port(), max_model_len=1024
+                    model=folder,
+                    served_name=name,
+                    port=free_port(),
+                    max_model_len=1024,
+                    extra_args=list(extra_args),
+                    env=env or {},
                 ),
                 log=self.logs / f"{name}.log",
             )
@@ -157,6 +166,9 @@ def start_gateway(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gateways")
 
     def start(deployment: dict, *args: str) -> str:
+        gateway = deployment.setdefault("gateway", {})
+        if not gateway.get("api_keys_sha256"):
+            gateway.setdefault("open", True)  # a keyless gateway must say so
         port = free_port()
         config = tmp / f"deploy-{port}.yaml"
         config.write_text(yaml.safe_dump(deployment))
@@ -168,6 +180,7 @@ def start_gateway(tmp_path_factory):
             )  # fmt: skip
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
+        start.logs[url] = log
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert proc.poll() is None, log.read_text()
@@ -178,6 +191,7 @@ def start_gateway(tmp_path_factory):
                 time.sleep(0.2)
         raise AssertionError("gateway did not start")
 
+    start.logs = {}  # url -> the gateway's log file
     yield start
     for proc in procs:
         proc.terminate()

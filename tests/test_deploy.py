@@ -200,3 +200,27 @@ def test_grafana_dashboard_is_built_from_its_script():
     assert committed == module.dashboard()
     titles = [p["title"] for p in committed["panels"]]
     assert len(titles) == len(set(titles)) >= 20
+
+
+def _shipped_deployments() -> dict[str, str]:
+    """Every gateway deployment file the repository ships, by where it lives."""
+    files = {str(p.relative_to(ROOT)): p.read_text()
+             for p in (ROOT / "deploy" / "sparsegate.yaml", ROOT / "deploy" / "compose" / "sparsegate.yaml")}  # fmt: skip  # noqa: E501
+    for manifest in _manifests():
+        for doc in yaml.safe_load_all(manifest.read_text()):
+            if doc and doc.get("kind") == "ConfigMap" and "sparsegate.yaml" in doc["data"]:
+                files[f"{manifest.relative_to(ROOT)} (ConfigMap)"] = doc["data"]["sparsegate.yaml"]
+    return files
+
+
+def test_every_shipped_deployment_file_passes_the_strict_loader(tmp_path):
+    from app.gateway.config import load_deployment
+
+    shipped = _shipped_deployments()
+    assert len(shipped) == 3
+    for where, text in shipped.items():
+        path = tmp_path / "deploy.yaml"
+        path.write_text(text)
+        deployment = load_deployment(path)  # raises on any unknown or missing key
+        assert deployment.gateway.open or deployment.gateway.api_keys_sha256, where
+        assert "gemma" in deployment.aliases, where

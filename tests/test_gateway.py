@@ -13,7 +13,7 @@ import openai
 import pytest
 import yaml
 
-from tests.conftest import free_port, metric, run_cli
+from tests.conftest import ROOT, free_port, metric, run_cli
 
 PROMPT = "The for statement is used to"
 
@@ -386,30 +386,50 @@ def test_shadow_traffic_is_compared_and_accounted_apart(client, gateway, tiny_en
     )
 
 
-def _engine_metric(url: str, name: str) -> float:
-    return metric(url, name, model_name="tiny-b")
+@pytest.fixture(scope="module")
+def slow_engine(engines, tiny_registry):
+    """The tiny model on an engine slowed to at least 50 ms per decoding step: 1000 tokens
+    take 50 s or more, so the client always leaves long before the generation could end."""
+    from app.registry.store import Registry
+
+    folder = Registry(tiny_registry).path_of("tiny")
+    url = engines(
+        {"tiny-slow": folder},
+        # Logged requests: vLLM then logs each abort it carries out.
+        extra_args=["--logits-processors", "tests.slow_engine:SlowSteps", "--enable-log-requests"],
+        env={"PYTHONPATH": str(ROOT)},
+    )["tiny-slow"]
+    return url, engines.logs / "tiny-slow.log"
 
 
-def test_client_disconnect_aborts_the_engine_request(gateway, tiny_engines):
-    engine = tiny_engines["tiny-b"]
-    before = _engine_metric(engine, "vllm:generation_tokens_total")
-    # As long as the tiny engine allows (1024 positions): about 2 s of generation here, so
-    # that the abort has time to land even when vLLM delivers a burst of tokens at once.
-    body = {"model": "tiny-b", "prompt": PROMPT, "max_tokens": 1000, "stream": True,
+def test_client_disconnect_aborts_the_engine_request(slow_engine, start_gateway):
+    engine, engine_log = slow_engine
+    url = start_gateway({"variants": {"tiny-slow": {"url": engine}}})
+
+    def engine_figure(name: str, **labels: str) -> float:
+        return metric(engine, name, model_name="tiny-slow", **labels)
+
+    by_length = engine_figure("vllm:request_success_total", finished_reason="length")
+    body = {"model": "tiny-slow", "prompt": PROMPT, "max_tokens": 1000, "stream": True,
             "ignore_eos": True}  # fmt: skip
-    with httpx.stream("POST", f"{gateway}/v1/completions", json=body, timeout=60) as r:
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as r:
         assert r.status_code == 200, r.read()
-        for i, _line in enumerate(r.iter_lines()):
+        request_id = None
+        for i, line in enumerate(r.iter_lines()):
+            if line.startswith("data: {"):
+                request_id = request_id or json.loads(line[6:])["id"]
             if i >= 6:
                 break  # leaving the block closes the connection mid-stream
-        assert i >= 6
-    _wait_for(lambda: _engine_metric(engine, "vllm:num_requests_running") == 0, timeout=10)
-    time.sleep(3)  # longer than the 1000 tokens would have taken
-    generated = _engine_metric(engine, "vllm:generation_tokens_total") - before
-    assert generated < 500, f"engine went on generating after the client left ({generated})"
+        assert i >= 6 and request_id
+    # The abort, observed where it happens: vLLM logs that it aborted this request. The
+    # engine needs 50 s or more for 1000 tokens, so it cannot have ended the request itself.
+    _wait_for(lambda: f"Aborted request(s) {request_id}" in engine_log.read_text(), timeout=300)
+    _wait_for(lambda: engine_figure("vllm:num_requests_running") == 0)  # the gauge lags a step
+    assert engine_figure("vllm:request_success_total", finished_reason="length") == by_length
+    assert engine_figure("vllm:generation_tokens_total") < 1000
     _wait_for(
         lambda: (
-            metric(gateway, "sparsegate_requests_total", variant="tiny-b", outcome="aborted") >= 1
+            metric(url, "sparsegate_requests_total", variant="tiny-slow", outcome="aborted") == 1
         )
     )
 
@@ -462,6 +482,7 @@ def test_production_alias_without_a_production_variant_is_one_line(
 ):
     config = tmp_path / "deploy.yaml"
     config.write_text(yaml.safe_dump({
+        "gateway": {"open": True},
         "variants": {"tiny-p": {"url": tiny_engines["tiny-p"]}},
         "aliases": {"p": {"production_of": "tiny"}},
     }))  # fmt: skip

@@ -67,9 +67,14 @@ def _traffic(url: str, rounds: int = 3) -> None:
 
 
 def test_compare_puts_each_variant_beside_its_dense_base(gateway, tiny_registry):
+    before = _compare(gateway)["tiny-p"]["shadow_compared"]
     _traffic(gateway)
-    time.sleep(1)  # shadow copies finish in the background
-    rows = {r["variant"]: r for r in httpx.get(f"{gateway}/v1/variants/compare").json()["data"]}
+    # Shadow copies finish in the background, after the user's answers: wait for all three.
+    deadline = time.monotonic() + 120
+    while _compare(gateway)["tiny-p"]["shadow_compared"] < before + 3:
+        assert time.monotonic() < deadline, "shadow copies not compared"
+        time.sleep(0.2)
+    rows = _compare(gateway)
     registry = Registry(tiny_registry)
     pruned, dense = registry.get("tiny-p"), registry.get("tiny")
     p, a = rows["tiny-p"], rows["tiny-a"]
@@ -91,6 +96,10 @@ def test_compare_puts_each_variant_beside_its_dense_base(gateway, tiny_registry)
     assert ratios["bytes"] == pytest.approx(p["bytes"] / a["bytes"])
     assert a["ratio_to_base"]["itl_p50_s"] == pytest.approx(1.0)
     assert rows["dead"]["ppl_ratio"] is None and rows["dead"]["requests"] == 0
+
+
+def _compare(gateway: str) -> dict[str, dict]:
+    return {r["variant"]: r for r in httpx.get(f"{gateway}/v1/variants/compare").json()["data"]}
 
 
 def test_dashboard_page_renders_in_chromium(gateway, tiny_registry):
@@ -144,14 +153,19 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(gateway, tiny
 
         loader = threading.Thread(target=load)
         loader.start()
-        time.sleep(12)
-        failures = []
-        for title, expr in _panel_queries():
-            query = expr.replace("$__rate_interval", "30s").replace("$dense", "tiny-a")
-            r = httpx.get(f"{api}/api/v1/query", params={"query": query}, timeout=30).json()
-            values = [float(s["value"][1]) for s in r.get("data", {}).get("result", [])]
-            if r["status"] != "success" or not any(not math.isnan(v) for v in values):
-                failures.append(f"{title}: {query} -> {r.get('error') or values}")
+        # Until every panel has data (rate windows need a few scrapes), or the deadline.
+        deadline = time.monotonic() + 300
+        while True:
+            failures = []
+            for title, expr in _panel_queries():
+                query = expr.replace("$__rate_interval", "30s").replace("$dense", "tiny-a")
+                r = httpx.get(f"{api}/api/v1/query", params={"query": query}, timeout=30).json()
+                values = [float(s["value"][1]) for s in r.get("data", {}).get("result", [])]
+                if r["status"] != "success" or not any(not math.isnan(v) for v in values):
+                    failures.append(f"{title}: {query} -> {r.get('error') or values}")
+            if not failures or time.monotonic() > deadline:
+                break
+            time.sleep(1)
         stop.set()
         loader.join(120)
         assert not failures, "\n".join(failures)

@@ -11,7 +11,7 @@ from app.cli.compress import quality
 from app.cli.models import console
 from app.errors import SparsegateError
 
-bench_app = typer.Typer(help="Benchmarks that print figures: quality, serving, overhead.")
+bench_app = typer.Typer(help="Benchmarks that print figures: quality, serving, overhead, soak.")
 bench_app.command()(quality)
 
 ConcurrencyOpt = Annotated[int, typer.Option(min=1, help="Concurrent streams")]
@@ -105,6 +105,52 @@ def bench_overhead(
         )
     if out:
         out.write_text(json.dumps(result, indent=2))
+
+
+@bench_app.command("soak")
+def bench_soak(
+    model: Annotated[str, typer.Option(help="Alias (or variant) to drive")],
+    url: Annotated[str, typer.Option(help="Gateway address")] = "http://127.0.0.1:8080",
+    concurrency: ConcurrencyOpt = 64,
+    duration: Annotated[float, typer.Option(min=1, help="Seconds of sustained load")] = 120,
+    prompt_words: PromptOpt = 32,
+    output_tokens: OutputOpt = 32,
+    api_key: Annotated[str | None, typer.Option(envvar="SPARSEGATE_API_KEY")] = None,
+    out: Annotated[Path | None, typer.Option(help="JSON results")] = None,
+) -> None:
+    """Sustained streams through the gateway: completed, lost, 429s, fallbacks, memory."""
+    from app.bench.soak import run_soak
+
+    with console.status(f"{concurrency} streams to {model} for {duration:.0f} s"):
+        result = asyncio.run(
+            run_soak(
+                url, model, concurrency=concurrency, duration_s=duration,
+                prompt_words=prompt_words, output_tokens=output_tokens,
+                headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+            )
+        )  # fmt: skip
+    r = result.as_dict()
+    console.print(
+        f"streams: {r['started']} started, {r['completed']} completed, {r['lost']} lost, "
+        f"{r['rejected_429']} answered 429, {sum(r['errors'].values())} other errors "
+        f"{r['errors'] or ''}; {r['fallbacks']} served by a fallback; by variant {r['variants']}"
+    )
+    if r["lost"]:
+        console.print(f"lost: {r['lost_reasons']}")
+    console.print(
+        f"{r['completion_tokens']} tokens in {r['wall_s']:.1f} s "
+        f"({r['output_tokens_per_s']:.1f} tok/s)"
+    )
+    if r["gateway_rss_growth_bytes"] is not None:
+        console.print(
+            f"gateway memory: {r['gateway_rss_bytes_before'] / 2**20:.1f} MiB before, "
+            f"{r['gateway_rss_bytes_after'] / 2**20:.1f} MiB after "
+            f"({r['gateway_rss_growth_bytes'] / 2**20:+.1f} MiB)"
+        )
+    else:
+        console.print("gateway memory: not exported (multi-worker gateway)")
+    if out:
+        out.write_text(json.dumps(r, indent=2))
 
 
 def _prices(items: list[str]) -> dict[str, float]:

@@ -11,6 +11,10 @@ import typer
 
 from app.cli.models import RegistryOpt, _home, _open, console
 
+# Open streams get this long to finish when `serve` is told to stop; then they are cut, so
+# that SIGTERM ends the gateway and its engines within seconds, not when the last stream ends.
+_SHUTDOWN_GRACE_S = 3
+
 
 def serve(
     config: Annotated[Path, typer.Option(help="Deployment file")] = Path("deploy/sparsegate.yaml"),
@@ -26,6 +30,7 @@ def serve(
     from app.engines.supervisor import Supervisor
     from app.engines.vllm_process import EngineSettings
     from app.gateway.config import load_deployment, resolve_production
+    from app.gateway.logs import log_config
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per health check
@@ -44,22 +49,26 @@ def serve(
         metrics_dir = tempfile.mkdtemp(prefix="sparsegate-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     supervisor = None
-    if spawned:
-        settings = [
-            EngineSettings(model=reg.servable_path(name), served_name=name, **v.spawn.model_dump())
-            for name, v in spawned.items()
-        ]
-        supervisor = Supervisor(settings, reg.home / ".logs")
-        console.print(f"starting {len(settings)} vLLM engine(s): {', '.join(spawned)}")
-        supervisor.start()
-    console.print(
-        f"gateway on http://{host}:{port}/v1 (dashboard /dashboard, metrics /metrics, "
-        f"{workers} worker(s))"
-    )
     try:
+        if spawned:
+            settings = [
+                EngineSettings(
+                    model=reg.servable_path(name), served_name=name, **v.spawn.model_dump()
+                )
+                for name, v in spawned.items()
+            ]
+            supervisor = Supervisor(settings, reg.home / ".logs")
+            console.print(f"starting {len(settings)} vLLM engine(s): {', '.join(spawned)}")
+            # Inside the try: SIGTERM or Ctrl-C while engines start still stops them.
+            supervisor.start()
+        console.print(
+            f"gateway on http://{host}:{port}/v1 (dashboard /dashboard, metrics /metrics, "
+            f"{workers} worker(s))"
+        )
         uvicorn.run(
             "app.gateway.app:app_from_env", factory=True, host=host, port=port,
             workers=workers, log_level="info", access_log=access_log,
+            log_config=log_config(), timeout_graceful_shutdown=_SHUTDOWN_GRACE_S,
         )  # fmt: skip
     finally:
         if supervisor:

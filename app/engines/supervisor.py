@@ -1,26 +1,49 @@
-"""Keep spawned engines alive: start, wait for health, restart with backoff, stop."""
+"""Keep spawned engines alive: start, wait for health, restart with backoff, stop.
+
+Every engine runs in its own process group, and every way out of an engine's life (crash,
+restart, stop) ends the whole group, so vLLM's EngineCore child never outlives its server."""
 
 import logging
 import threading
+import time
 from pathlib import Path
 
-from app.engines.vllm_process import EngineSettings, VllmProcess
+from app.engines.vllm_process import EngineSettings, VllmProcess, stop_all
+from app.errors import SparsegateError
 
 log = logging.getLogger("sparsegate.engines")
 
 
 class Supervisor:
-    def __init__(self, settings: list[EngineSettings], log_dir: Path) -> None:
+    def __init__(self, settings: list[EngineSettings], log_dir: Path, grace_s: float = 8) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.engines = [VllmProcess(s, log=log_dir / f"{s.served_name}.log") for s in settings]
+        self.grace_s = grace_s
         self._stop = threading.Event()
+        # Held while an engine is (re)started or stopped: a restart never races stop().
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._watch, name="engine-supervisor", daemon=True)
 
     def start(self, timeout: float = 900) -> None:
+        with self._lock:
+            for engine in self.engines:
+                engine.start()
+        deadline = time.monotonic() + timeout
         for engine in self.engines:
-            engine.start()
-        for engine in self.engines:
-            engine.wait_ready(timeout)
+            while not engine.healthy():
+                if self._stop.is_set():
+                    return
+                if engine.proc.poll() is not None:
+                    raise SparsegateError(
+                        f"vLLM engine for {engine.settings.served_name} exited with code "
+                        f"{engine.proc.returncode} during start-up (log: {engine.log_path})"
+                    )
+                if time.monotonic() > deadline:
+                    raise SparsegateError(
+                        f"vLLM engine for {engine.settings.served_name} not ready in "
+                        f"{timeout:.0f} s (log: {engine.log_path})"
+                    )
+                self._stop.wait(0.5)
             log.info("engine %s ready at %s", engine.settings.served_name, engine.settings.url)
         self._thread.start()
 
@@ -29,17 +52,24 @@ class Supervisor:
         while not self._stop.wait(1.0):
             for engine in self.engines:
                 if engine.proc is not None and engine.proc.poll() is not None:
-                    delay = backoff[id(engine)]
                     name, code = engine.settings.served_name, engine.proc.returncode
+                    # The server is gone; its EngineCore may not be: end the whole group now,
+                    # not at the restart (it holds memory and a core meanwhile).
+                    engine.reap(time.monotonic())
+                    delay = backoff[id(engine)]
                     log.warning("engine %s exited (%s); restarting in %.0f s", name, code, delay)
                     if self._stop.wait(delay):
                         return
                     backoff[id(engine)] = min(delay * 2, 60.0)
-                    engine.start()
+                    with self._lock:
+                        if self._stop.is_set():
+                            return
+                        engine.start()
                 elif engine.healthy():
                     backoff[id(engine)] = 1.0
 
     def stop(self) -> None:
+        """End every engine's process group: SIGTERM to all at once, SIGKILL at the deadline."""
         self._stop.set()
-        for engine in self.engines:
-            engine.stop()
+        with self._lock:
+            stop_all([e for e in self.engines if e.proc is not None], self.grace_s)

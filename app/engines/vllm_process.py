@@ -1,5 +1,6 @@
 """One vLLM OpenAI server as a child process (no torch or vLLM import in this process)."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ class EngineSettings:
     compile: bool = False
     attention_backend: str | None = None  # e.g. FLASH_ATTN on GPUs
     extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # added to this process's environment
     python: str = sys.executable  # the serve environment's interpreter
 
     @property
@@ -59,13 +61,24 @@ class VllmProcess:
         self._http = httpx.Client(timeout=2)
 
     def start(self) -> None:
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(self.settings.kv_cache_gib)}
+        env = {
+            **os.environ, "VLLM_CPU_KVCACHE_SPACE": str(self.settings.kv_cache_gib),
+            **self.settings.env,
+        }  # fmt: skip
         out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
-        # Own process group: stopping the engine also stops its EngineCore child.
+        # Own session and process group: vLLM's API server forks its EngineCore, which
+        # outlives a killed API server unless the whole group is signalled.
         self.proc = subprocess.Popen(
             self.settings.command(), stdout=out, stderr=subprocess.STDOUT, env=env,
             start_new_session=True,
         )  # fmt: skip
+        if out is not subprocess.DEVNULL:
+            out.close()  # the child holds its own copy
+
+    @property
+    def pgid(self) -> int | None:
+        """The engine's process group (the API server's pid), which may outlive it."""
+        return self.proc.pid if self.proc is not None else None
 
     def healthy(self) -> bool:
         try:
@@ -88,12 +101,36 @@ class VllmProcess:
             f"vLLM engine for {self.settings.served_name} not ready in {timeout:.0f} s"
         )
 
-    def stop(self, grace: float = 20) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+    def terminate(self) -> None:
+        """Ask the whole group to stop (SIGTERM): the API server shuts its EngineCore down."""
+        _signal_group(self.pgid, signal.SIGTERM)
+
+    def reap(self, deadline: float) -> None:
+        """Wait for the API server until `deadline` (monotonic), then SIGKILL whatever is left
+        of the group: a crashed server's EngineCore, or a server that would not stop."""
+        if self.proc is None:
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(max(0.0, deadline - time.monotonic()))
+        _signal_group(self.pgid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self, grace: float = 10) -> None:
+        self.terminate()
+        self.reap(time.monotonic() + grace)
+
+
+def stop_all(engines: list[VllmProcess], grace: float = 10) -> None:
+    """Stop several engines at once: one deadline for all, not `grace` each."""
+    for engine in engines:
+        engine.terminate()
+    deadline = time.monotonic() + grace
+    for engine in engines:
+        engine.reap(deadline)
+
+
+def _signal_group(pgid: int | None, sig: int) -> None:
+    if pgid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):  # no process of the group is left
+        os.killpg(pgid, sig)

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from app.gateway import accounting as acc
 from app.gateway.config import Deployment, load_deployment, resolve_production
 from app.gateway.errors import GatewayError, error_response
+from app.gateway.openapi import MAX_NESTING, openapi_schema
 from app.gateway.protocol import ChatCompletionRequest, CompletionLike, CompletionRequest
 from app.gateway.serving import Gateway
 from app.metrics.compare import compare
@@ -66,18 +67,17 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
     async def read_body(
         request: Request, model: type[CompletionLike]
     ) -> tuple[CompletionLike, dict]:
-        limit = deployment.gateway.max_body_bytes
-        if int(request.headers.get("content-length") or 0) > limit:
-            raise GatewayError(413, f"request body over {limit} bytes")
-        raw = await request.body()
-        if len(raw) > limit:
-            raise GatewayError(413, f"request body over {limit} bytes")
+        raw = await read_limited(request, deployment.gateway.max_body_bytes)
         try:
             body = json.loads(raw)
+        except RecursionError:
+            raise GatewayError(400, "request body is nested too deeply") from None
         except ValueError as e:
             raise GatewayError(400, f"request body is not valid JSON: {e}") from e
         if not isinstance(body, dict):
             raise GatewayError(400, "request body must be a JSON object")
+        if nesting(body) > MAX_NESTING:
+            raise GatewayError(400, f"request body is nested deeper than {MAX_NESTING} levels")
         try:
             return model.model_validate(body), body
         except ValidationError as e:
@@ -132,7 +132,36 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
     async def _not_found(_request: Request, _exc) -> JSONResponse:
         return error_response(404, "no such route")
 
+    app.openapi = lambda: openapi_schema(app, deployment)
     return app
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The body, counted as it arrives: past `limit` bytes the request is refused without
+    reading the rest (a body without Content-Length is not buffered whole first)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise GatewayError(413, f"request body over {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise GatewayError(413, f"request body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def nesting(value: object) -> int:
+    """How deep a parsed JSON value nests (iterative: no recursion on hostile input)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def app_from_env() -> FastAPI:

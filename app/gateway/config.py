@@ -1,14 +1,23 @@
 """The deployment file: which variants to serve, where, and how traffic reaches them."""
 
+import re
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from app.errors import SparsegateError
 
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
-class SpawnSettings(BaseModel):
+
+class _Strict(BaseModel):
+    """Unknown keys are refused: a misspelt `api_keys_sha256` must not start an open gateway."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SpawnSettings(_Strict):
     """An engine `sparsegate serve` starts itself, from the registry's files."""
 
     port: int
@@ -20,7 +29,7 @@ class SpawnSettings(BaseModel):
     extra_args: list[str] = Field(default_factory=list)
 
 
-class VariantConfig(BaseModel):
+class VariantConfig(_Strict):
     url: str | None = None  # an engine started elsewhere (compose service, pod)
     served_name: str | None = None  # the engine's model id, if not the variant's name
     spawn: SpawnSettings | None = None
@@ -40,12 +49,12 @@ class VariantConfig(BaseModel):
         return self.url or f"http://127.0.0.1:{self.spawn.port}"
 
 
-class ShadowConfig(BaseModel):
+class ShadowConfig(_Strict):
     variant: str
     fraction: float = Field(ge=0.0, le=1.0)
 
 
-class AliasConfig(BaseModel):
+class AliasConfig(_Strict):
     split: dict[str, float] = Field(default_factory=dict)  # variant -> weight
     # Or: whichever served variant the registry has in production for this base
     # (resolved at start-up; `models promote` + a gateway restart moves the alias).
@@ -59,15 +68,52 @@ class AliasConfig(BaseModel):
         return self
 
 
-class GatewayConfig(BaseModel):
-    max_body_bytes: int = 1 << 20
-    max_tokens_cap: int = 4096
-    request_timeout_s: float = 120.0
+class GatewayConfig(_Strict):
+    max_body_bytes: int = Field(default=1 << 20, ge=1)
+    max_tokens_cap: int = Field(default=4096, ge=1)
+    # Applied when a request names no max_tokens: otherwise vLLM generates up to the
+    # model's whole context (a chat request ran 2022 tokens, 55 s, unasked).
+    default_max_tokens: int = Field(default=512, ge=1)
+    # vLLM accepts n up to 16384 and logprobs over the whole vocabulary: each is a multiple
+    # of a request's cost, so each has a cap (400 above it).
+    max_n: int = Field(default=4, ge=1)  # n and best_of
+    max_logprobs: int = Field(default=20, ge=0)  # logprobs, top_logprobs, prompt_logprobs
+    max_prompts: int = Field(default=16, ge=1)  # prompts in one /v1/completions list
+    request_timeout_s: float = Field(default=120.0, gt=0)
     api_keys_sha256: list[str] = Field(default_factory=list)
+    # A gateway without keys must say so: a missing or misspelt key list is not "open".
+    open: bool = False
+
+    @field_validator("api_keys_sha256")
+    @classmethod
+    def _hex_digests(cls, keys: list[str]) -> list[str]:
+        for i, key in enumerate(keys):
+            if not _SHA256_HEX.fullmatch(key):
+                raise ValueError(
+                    f"entry {i} is not a SHA-256 digest (64 hex digits): store "
+                    "sha256(key).hexdigest(), never the key itself"
+                )
+        return [k.lower() for k in keys]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "GatewayConfig":
+        if self.default_max_tokens > self.max_tokens_cap:
+            raise ValueError(
+                f"default_max_tokens {self.default_max_tokens} is over max_tokens_cap "
+                f"{self.max_tokens_cap}"
+            )
+        if not self.api_keys_sha256 and not self.open:
+            raise ValueError(
+                "no api_keys_sha256: list the keys' SHA-256 digests, or set open: true to "
+                "serve without keys"
+            )
+        if self.api_keys_sha256 and self.open:
+            raise ValueError("open: true and api_keys_sha256 contradict each other")
+        return self
 
 
-class Deployment(BaseModel):
-    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+class Deployment(_Strict):
+    gateway: GatewayConfig
     variants: dict[str, VariantConfig]
     aliases: dict[str, AliasConfig] = Field(default_factory=dict)
 
@@ -126,7 +172,26 @@ def load_deployment(path: Path) -> Deployment:
     if not path.is_file():
         raise SparsegateError(f"deployment file {path} not found")
     try:
-        return Deployment.model_validate(yaml.safe_load(path.read_text()) or {})
-    except (yaml.YAMLError, ValueError) as e:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
         first = str(e).strip().splitlines()
-        raise SparsegateError(f"{path}: {' '.join(first[:3])}") from e
+        raise SparsegateError(f"{path}: not valid YAML: {' '.join(first[:3])}") from e
+    if not isinstance(data, dict):
+        raise SparsegateError(f"{path}: a deployment file is a mapping (gateway, variants, ...)")
+    try:
+        return Deployment.model_validate(data)
+    except ValidationError as e:
+        raise SparsegateError(f"{path}: {describe(e)}") from e
+
+
+def describe(error: ValidationError) -> str:
+    """A validation error as one line naming the key and its place (`gateway.open`)."""
+    first = error.errors()[0]
+    place = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"unknown key {place!r}"
+    if first["type"] == "missing":
+        return f"missing key {place!r}"
+    message = first["msg"].removeprefix("Value error, ")
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{place}: {message}{more}"

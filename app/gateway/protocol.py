@@ -1,4 +1,10 @@
-"""The parts of OpenAI's request bodies the gateway reads; the rest passes through."""
+"""The parts of OpenAI's request bodies the gateway reads; the rest passes through.
+
+Fields that multiply a request's cost (n, best_of, logprobs, prompt lists) are declared so
+that the serving logic can hold them to the deployment's caps; their types follow OpenAI's
+API and vLLM's extensions (`prompt_logprobs`)."""
+
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -9,20 +15,72 @@ class StreamOptions(BaseModel):
 
 
 class CompletionLike(BaseModel):
-    """Fields shared by /v1/completions and /v1/chat/completions requests."""
+    """Fields shared by /v1/completions and /v1/chat/completions requests. Sampling fields
+    are declared for the OpenAPI document (and typed: a wrong type is a 400 here); fields
+    not declared pass through to vLLM unchanged."""
 
     model_config = ConfigDict(extra="allow")
     model: str = Field(min_length=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    ignore_eos: bool | None = None  # vLLM's: fixed output lengths for benchmarks
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     user: str | None = None
+    n: int | None = Field(default=None, ge=1)
+    best_of: int | None = Field(default=None, ge=1)
+    prompt_logprobs: int | None = Field(default=None, ge=0)
+
+    def logprob_counts(self) -> dict[str, int]:
+        """Requested log-probabilities per position, by field name."""
+        return {} if self.prompt_logprobs is None else {"prompt_logprobs": self.prompt_logprobs}
+
+    def prompt_count(self) -> int:
+        return 1
 
 
 class CompletionRequest(CompletionLike):
-    prompt: str | list = Field(...)
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(...)
+    logprobs: int | None = Field(default=None, ge=0)
+
+    def logprob_counts(self) -> dict[str, int]:
+        counts = super().logprob_counts()
+        if self.logprobs is not None:
+            counts["logprobs"] = self.logprobs
+        return counts
+
+    def prompt_count(self) -> int:
+        # A list of token ids is one prompt; a list of strings or of id lists is several.
+        if isinstance(self.prompt, list) and self.prompt and not isinstance(self.prompt[0], int):
+            return len(self.prompt)
+        return 1
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
 
 
 class ChatCompletionRequest(CompletionLike):
-    messages: list[dict] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0)
+
+    def logprob_counts(self) -> dict[str, int]:
+        counts = super().logprob_counts()
+        if self.top_logprobs is not None:
+            counts["top_logprobs"] = self.top_logprobs
+        return counts

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 import time
 
 import aiohttp
@@ -24,6 +25,8 @@ from app.gateway.upstream import (
     send,
 )
 from app.metrics import definitions as m
+
+log = logging.getLogger("sparsegate.gateway")
 
 PIN_HEADER = "x-sparsegate-variant"
 USER_HEADER = "x-sparsegate-user"
@@ -66,17 +69,43 @@ class Gateway:
             return await self._handle(route, request, body, headers, alias)
         except GatewayError as e:
             e.alias = alias
+            if not e.variant and request.model in self.deployment.variants:
+                e.variant = request.model  # refused before routing, but its target is known
             raise
 
     async def _handle(self, route, request, body, headers, alias) -> Response:
-        cap = self.deployment.gateway.max_tokens_cap
-        for key in ("max_tokens", "max_completion_tokens"):
-            if (getattr(request, key) or 0) > cap:
-                raise GatewayError(
-                    400, f"{key} {getattr(request, key)} is over the cap {cap}", param=key
-                )
+        body = self._bounded(request, body)
         user = request.user or headers.get(USER_HEADER)
         candidates = self.router.candidates(request.model, user, headers.get(PIN_HEADER))
+        try:
+            return await self._forward(route, request, body, alias, candidates)
+        except GatewayError as e:
+            # A refusal after every candidate (429, 503) belongs to the one first chosen.
+            e.variant = e.variant or candidates[0]
+            raise
+
+    def _bounded(self, request: CompletionLike, body: dict) -> dict:
+        """Hold the request to the deployment's caps (400 above them); a request without a
+        length gets the default one, so nothing generates to the end of the context."""
+        g = self.deployment.gateway
+        for key in ("max_tokens", "max_completion_tokens"):
+            if (getattr(request, key) or 0) > g.max_tokens_cap:
+                raise GatewayError(
+                    400, f"{key} {getattr(request, key)} is over the cap {g.max_tokens_cap}",
+                    param=key,
+                )  # fmt: skip
+        capped = {"n": (request.n, g.max_n), "best_of": (request.best_of, g.max_n)}
+        capped |= {k: (v, g.max_logprobs) for k, v in request.logprob_counts().items()}
+        capped["prompt"] = (request.prompt_count(), g.max_prompts)
+        for key, (value, cap) in capped.items():
+            if value is not None and value > cap:
+                what = "prompts in one request" if key == "prompt" else key
+                raise GatewayError(400, f"{what} {value} is over the cap {cap}", param=key)
+        if request.max_tokens is None and request.max_completion_tokens is None:
+            return {**body, "max_tokens": g.default_max_tokens}
+        return body
+
+    async def _forward(self, route, request, body, alias, candidates) -> Response:
         busy = False
         for attempt, name in enumerate(candidates):
             engine = self.engines[name]
@@ -94,8 +123,9 @@ class Gateway:
             mark = engine.enter()
             try:
                 response = await send(engine, route, upstream, stream=request.stream)
-            except EngineUnavailable:
+            except EngineUnavailable as e:
                 engine.leave(mark)
+                log.warning("%s; trying the next candidate if any", e)
                 continue
             except GatewayError as e:
                 engine.leave(mark)
@@ -163,6 +193,7 @@ class Gateway:
                                    "sending in time")  # fmt: skip
             except StreamBroken as e:
                 status, outcome = 502, acc.ENGINE_ERROR
+                log.warning("engine %s failed mid-stream: %s", done.engine.name, e)
                 yield _error_event(status, "engine_error", f"engine {done.engine.name} failed "
                                    f"mid-stream: {e}")  # fmt: skip
             finally:
@@ -211,7 +242,8 @@ class _Done:
         self.closed = True
         share = self.engine.leave(self.mark)
         if outcome is None:
-            outcome = acc.OK if status == 200 else acc.ENGINE_ERROR
+            # An engine's 4xx is the request's fault (a bad parameter), not the engine's.
+            outcome = acc.OK if status == 200 else acc.INVALID if status < 500 else acc.ENGINE_ERROR
         acc.record_request(
             variant=self.engine.name, alias=self.alias, route=self.route, outcome=outcome,
             status=status, timings=self.timings, usage=usage, busy_share_s=share,

@@ -1,0 +1,33 @@
+"""A vLLM general plugin (entry point `vllm.general_plugins`), loaded by vLLM into each of its
+processes (API server, EngineCore, model workers) in the serve environment.
+
+It chooses the CPU attention kernel. vLLM 0.32 picks its AMX kernel wherever the CPU reports
+AMX and the model is bf16; on some hosts that report AMX (seen on this project's CI machines,
+virtual machines whose oneDNN AMX matmuls run fine) that kernel dies with SIGILL on the first
+request, taking the engine down. By default the plugin maps that choice to vLLM's AVX-512
+`vec` kernel, which takes the same cache layout (block sizes in multiples of 32); the linear
+layers, where most of the time goes, keep oneDNN's AMX. `SPARSEGATE_CPU_ATTENTION=auto`
+leaves vLLM's own choice on hosts where its AMX attention works.
+
+This module is imported by vLLM, never by the gateway."""
+
+import os
+
+
+def register() -> None:
+    if os.environ.get("SPARSEGATE_CPU_ATTENTION", "vec") == "auto":
+        return
+    try:
+        from vllm.v1.attention.backends import cpu_attn
+    except ImportError:  # a vLLM build without the CPU backend (GPU)
+        return
+    if getattr(cpu_attn._get_attn_isa, "sparsegate", False):
+        return  # vLLM may load plugins more than once per process
+    chosen_by_vllm = cpu_attn._get_attn_isa
+
+    def attention_isa(*args, **kwargs) -> str:
+        isa = chosen_by_vllm(*args, **kwargs)
+        return "vec" if isa == "amx" else isa
+
+    attention_isa.sparsegate = True
+    cpu_attn._get_attn_isa = attention_isa
