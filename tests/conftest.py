@@ -198,6 +198,14 @@ def start_gateway(tmp_path_factory):
         proc.wait(30)
 
 
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:
+    """Wait on a condition (never on a sleep standing in for one)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} not met in {timeout:.0f} s"
+        time.sleep(0.2)
+
+
 def metric(url: str, name: str, **labels: str) -> float:
     """Sum of a metric's samples at url/metrics whose labels include `labels`."""
     import httpx

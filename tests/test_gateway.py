@@ -13,7 +13,7 @@ import openai
 import pytest
 import yaml
 
-from tests.conftest import ROOT, free_port, metric, run_cli
+from tests.conftest import ROOT, free_port, metric, run_cli, wait_for
 
 PROMPT = "The for statement is used to"
 
@@ -238,13 +238,6 @@ def test_api_keys(tiny_engines, start_gateway):
         bad.completions.create(model="tiny-a", prompt="x", max_tokens=1)
 
 
-def _wait_for(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.2)
-
-
 def test_metrics_count_requests_and_tokens_exactly(client, gateway, tiny_engines):
     def figures() -> dict[str, float]:
         return {
@@ -365,7 +358,7 @@ def test_shadow_traffic_is_compared_and_accounted_apart(client, gateway, tiny_en
         assert got.choices[0].text == mine  # the user's answer is the primary's, untouched
         expected_exact += mine == theirs
         user_tokens += got.usage.completion_tokens
-    _wait_for(
+    wait_for(
         lambda: (
             shadow("sparsegate_shadow_requests_total", outcome="compared") - before["compared"]
             == len(prompts)
@@ -423,11 +416,11 @@ def test_client_disconnect_aborts_the_engine_request(slow_engine, start_gateway)
         assert i >= 6 and request_id
     # The abort, observed where it happens: vLLM logs that it aborted this request. The
     # engine needs 50 s or more for 1000 tokens, so it cannot have ended the request itself.
-    _wait_for(lambda: f"Aborted request(s) {request_id}" in engine_log.read_text(), timeout=300)
-    _wait_for(lambda: engine_figure("vllm:num_requests_running") == 0)  # the gauge lags a step
+    wait_for(lambda: f"Aborted request(s) {request_id}" in engine_log.read_text(), timeout=300)
+    wait_for(lambda: engine_figure("vllm:num_requests_running") == 0)  # the gauge lags a step
     assert engine_figure("vllm:request_success_total", finished_reason="length") == by_length
     assert engine_figure("vllm:generation_tokens_total") < 1000
-    _wait_for(
+    wait_for(
         lambda: (
             metric(url, "sparsegate_requests_total", variant="tiny-slow", outcome="aborted") == 1
         )

@@ -8,22 +8,14 @@ import os
 import signal
 import socket
 import subprocess
-import time
 
 import httpx
 import pytest
 import yaml
 
-from tests.conftest import SPARSEGATE, VENVS, free_port, metric, run_cli
+from tests.conftest import SPARSEGATE, VENVS, free_port, metric, run_cli, wait_for
 
 PROMPT = "The for statement is used to"
-
-
-def _wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not met in {timeout:.0f} s"
-        time.sleep(0.2)
 
 
 # --- 1. engine processes -------------------------------------------------------------------
@@ -101,24 +93,24 @@ def _stop_and_check(proc: subprocess.Popen, groups: set[int]) -> None:
 
 def test_sigterm_while_engines_start_leaves_no_engine_process(spawning_serve):
     proc, _url = spawning_serve()
-    _wait_for(lambda: _engine_groups(proc.pid), what="engine spawned")
+    wait_for(lambda: _engine_groups(proc.pid), what="engine spawned")
     groups = _engine_groups(proc.pid)
     _stop_and_check(proc, groups)
 
 
 def test_a_killed_engine_server_takes_its_engine_core_along_and_comes_back(spawning_serve):
     proc, url = spawning_serve()
-    _wait_for(lambda: _serves(url), timeout=600, what="gateway serving")
+    wait_for(lambda: _serves(url), timeout=600, what="gateway serving")
     (group,) = _engine_groups(proc.pid)
     assert len(_alive_in_group(group)) >= 2  # vLLM's API server and its EngineCore
     os.kill(group, signal.SIGKILL)  # the API server only, as a crash would
-    _wait_for(lambda: _alive_in_group(group) == [], what="old engine group gone")
-    _wait_for(lambda: _serves(url), timeout=600, what="restarted engine serving")
+    wait_for(lambda: _alive_in_group(group) == [], what="old engine group gone")
+    wait_for(lambda: _serves(url), timeout=600, what="restarted engine serving")
     (restarted,) = _engine_groups(proc.pid)
     assert restarted != group
     # Crash it again and stop serve while the supervisor is restarting it.
     os.kill(restarted, signal.SIGKILL)
-    _wait_for(lambda: _engine_groups(proc.pid) - {restarted}, what="second restart begun")
+    wait_for(lambda: _engine_groups(proc.pid) - {restarted}, what="second restart begun")
     _stop_and_check(proc, {group, restarted, *_engine_groups(proc.pid)})
 
 
@@ -266,7 +258,7 @@ def test_a_refusal_is_counted_for_its_alias_and_first_choice(gateway, start_gate
                   status="503") == 1  # fmt: skip
     assert metric(gateway, "sparsegate_requests_total", variant="none", status="503") == 0
     log = start_gateway.logs[gateway]
-    _wait_for(lambda: "engine dead: ClientConnectorError" in log.read_text(),
+    wait_for(lambda: "engine dead: ClientConnectorError" in log.read_text(),
               what="cause of the engine failure logged")  # fmt: skip
 
 
@@ -287,7 +279,7 @@ def test_shadow_agreement_of_zero_or_more_is_shown_as_a_value(tiny_engines, star
         data = httpx.get(f"{url}/v1/variants/compare").json()["data"]
         return next(r for r in data if r["variant"] == "tiny-p")
 
-    _wait_for(lambda: row()["shadow_compared"] >= 3, what="shadow copies compared")
+    wait_for(lambda: row()["shadow_compared"] >= 3, what="shadow copies compared")
     rate = row()["shadow_exact_match_rate"]
     assert rate is not None and row()["shadow_prefix_agreement"] is None
     dom = _dashboard_dom(url)

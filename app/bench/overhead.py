@@ -13,15 +13,20 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.bench.load import Load, Outcome, run_load
 
 
-async def gateway_cpu_seconds(url: str) -> float | None:
-    """The gateway process's CPU seconds (user + system); None where it does not say (with
-    several workers prometheus-client exports no process metrics)."""
+async def gateway_metric(url: str, family: str) -> float | None:
+    """One figure of the gateway's own /metrics (the sum of the family's samples); None where
+    it does not say (with several workers prometheus-client exports no process metrics)."""
     async with httpx.AsyncClient(timeout=10) as http:
         text = (await http.get(f"{url.rstrip('/')}/metrics")).text
-    for family in text_string_to_metric_families(text):
-        if family.name == "process_cpu_seconds":
-            return sum(sample.value for sample in family.samples)
+    for found in text_string_to_metric_families(text):
+        if found.name == family:
+            return sum(sample.value for sample in found.samples)
     return None
+
+
+async def gateway_cpu_seconds(url: str) -> float | None:
+    """The gateway process's CPU seconds (user + system)."""
+    return await gateway_metric(url, "process_cpu_seconds")
 
 
 async def measure_overhead(

@@ -12,11 +12,12 @@ import json
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import aiohttp
 
 from app.bench.load import prompts
+from app.bench.overhead import gateway_metric
 
 
 @dataclass
@@ -31,40 +32,21 @@ class SoakResult:
     variants: Counter = field(default_factory=Counter)
     completion_tokens: int = 0
     wall_s: float = 0.0
-    rss_before: float | None = None
-    rss_after: float | None = None
+    gateway_rss_bytes_before: float | None = None
+    gateway_rss_bytes_after: float | None = None
 
     def as_dict(self) -> dict:
-        growth = (
-            self.rss_after - self.rss_before
-            if self.rss_after is not None and self.rss_before is not None
-            else None
-        )
+        before, after = self.gateway_rss_bytes_before, self.gateway_rss_bytes_after
         return {
-            "started": self.started, "completed": self.completed, "lost": self.lost,
-            "rejected_429": self.rejected_429, "errors": dict(self.errors),
-            "lost_reasons": dict(self.lost_reasons), "fallbacks": self.fallbacks,
-            "variants": dict(self.variants), "completion_tokens": self.completion_tokens,
-            "wall_s": self.wall_s,
+            **asdict(self),
             "output_tokens_per_s": self.completion_tokens / self.wall_s if self.wall_s else 0.0,
-            "gateway_rss_bytes_before": self.rss_before,
-            "gateway_rss_bytes_after": self.rss_after,
-            "gateway_rss_growth_bytes": growth,
-        }  # fmt: skip
+            "gateway_rss_growth_bytes": after - before if None not in (before, after) else None,
+        }
 
 
-async def gateway_rss(http: aiohttp.ClientSession, url: str) -> float | None:
-    """The gateway's resident memory (process_resident_memory_bytes; a single-worker gateway
-    exports it, a multi-worker one does not)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    async with http.get(f"{url}/metrics") as r:
-        text = await r.text()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "process_resident_memory_bytes":
-                return sample.value
-    return None
+async def gateway_rss(url: str) -> float | None:
+    """The gateway's resident memory (a single-worker gateway exports it)."""
+    return await gateway_metric(url, "process_resident_memory_bytes")
 
 
 async def _one_stream(
@@ -133,7 +115,7 @@ async def run_soak(
     timeout = aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=600.0)
     connector = aiohttp.TCPConnector(limit=concurrency + 4)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-        result.rss_before = await gateway_rss(http, url)
+        result.gateway_rss_bytes_before = await gateway_rss(url)
         started = time.perf_counter()
 
         async def worker() -> None:
@@ -150,5 +132,5 @@ async def run_soak(
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         result.wall_s = time.perf_counter() - started
-        result.rss_after = await gateway_rss(http, url)
+        result.gateway_rss_bytes_after = await gateway_rss(url)
     return result

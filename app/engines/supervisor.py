@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 from app.engines.vllm_process import EngineSettings, VllmProcess, stop_all
-from app.errors import SparsegateError
 
 log = logging.getLogger("sparsegate.engines")
 
@@ -30,20 +29,9 @@ class Supervisor:
                 engine.start()
         deadline = time.monotonic() + timeout
         for engine in self.engines:
-            while not engine.healthy():
-                if self._stop.is_set():
-                    return
-                if engine.proc.poll() is not None:
-                    raise SparsegateError(
-                        f"vLLM engine for {engine.settings.served_name} exited with code "
-                        f"{engine.proc.returncode} during start-up (log: {engine.log_path})"
-                    )
-                if time.monotonic() > deadline:
-                    raise SparsegateError(
-                        f"vLLM engine for {engine.settings.served_name} not ready in "
-                        f"{timeout:.0f} s (log: {engine.log_path})"
-                    )
-                self._stop.wait(0.5)
+            # One deadline for all; returns early when stop() is called meanwhile.
+            if not engine.wait_ready(max(0.0, deadline - time.monotonic()), cancel=self._stop):
+                return
             log.info("engine %s ready at %s", engine.settings.served_name, engine.settings.url)
         self._thread.start()
 

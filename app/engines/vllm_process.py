@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,20 +87,25 @@ class VllmProcess:
         except httpx.HTTPError:
             return False
 
-    def wait_ready(self, timeout: float = 600) -> None:
+    def wait_ready(self, timeout: float = 600, cancel: threading.Event | None = None) -> bool:
+        """Wait until the engine answers its health check; False if `cancel` was set first."""
+        cancel = cancel or threading.Event()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while not self.healthy():
+            if cancel.is_set():
+                return False
             if self.proc is not None and self.proc.poll() is not None:
                 raise SparsegateError(
                     f"vLLM engine for {self.settings.served_name} exited with code "
                     f"{self.proc.returncode} during start-up (log: {self.log_path})"
                 )
-            if self.healthy():
-                return
-            time.sleep(1)
-        raise SparsegateError(
-            f"vLLM engine for {self.settings.served_name} not ready in {timeout:.0f} s"
-        )
+            if time.monotonic() > deadline:
+                raise SparsegateError(
+                    f"vLLM engine for {self.settings.served_name} not ready in {timeout:.0f} s "
+                    f"(log: {self.log_path})"
+                )
+            cancel.wait(0.5)
+        return True
 
     def terminate(self) -> None:
         """Ask the whole group to stop (SIGTERM): the API server shuts its EngineCore down."""

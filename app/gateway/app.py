@@ -35,7 +35,7 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
         registry_home, {n: v.registry_name or n for n, v in deployment.variants.items()}
     )
     publish_facts(facts)
-    keys = {k.lower() for k in deployment.gateway.api_keys_sha256}
+    keys = set(deployment.gateway.api_keys_sha256)  # lowercase hex, checked at load
     if not keys:
         log.warning("no API keys configured: the gateway is open to anyone who can reach it")
 
@@ -76,7 +76,7 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
             raise GatewayError(400, f"request body is not valid JSON: {e}") from e
         if not isinstance(body, dict):
             raise GatewayError(400, "request body must be a JSON object")
-        if nesting(body) > MAX_NESTING:
+        if nesting(body, MAX_NESTING) > MAX_NESTING:
             raise GatewayError(400, f"request body is nested deeper than {MAX_NESTING} levels")
         try:
             return model.model_validate(body), body
@@ -151,17 +151,16 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def nesting(value: object) -> int:
-    """How deep a parsed JSON value nests (iterative: no recursion on hostile input)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            item = list(item.values())
-        if isinstance(item, list):
-            deepest = max(deepest, depth)
-            stack.extend((child, depth + 1) for child in item)
-    return deepest
+def nesting(value: object, limit: int) -> int:
+    """How deep a parsed JSON value nests, counted up to limit + 1: level by level over the
+    containers only (no recursion on hostile input; a long list of numbers costs one pass)."""
+    depth, level = 0, [value]
+    while level and depth <= limit:
+        depth += 1
+        level = [child for item in level
+                 for child in (item.values() if isinstance(item, dict) else item)
+                 if isinstance(child, dict | list)]  # fmt: skip
+    return depth
 
 
 def app_from_env() -> FastAPI:

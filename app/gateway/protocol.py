@@ -4,7 +4,7 @@ Fields that multiply a request's cost (n, best_of, logprobs, prompt lists) are d
 that the serving logic can hold them to the deployment's caps; their types follow OpenAI's
 API and vLLM's extensions (`prompt_logprobs`)."""
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +20,8 @@ class CompletionLike(BaseModel):
     not declared pass through to vLLM unchanged."""
 
     model_config = ConfigDict(extra="allow")
+    # Fields that ask for that many log-probabilities per position (capped together).
+    LOGPROB_COUNTS: ClassVar[tuple[str, ...]] = ("prompt_logprobs",)
     model: str = Field(min_length=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
@@ -37,10 +39,6 @@ class CompletionLike(BaseModel):
     best_of: int | None = Field(default=None, ge=1)
     prompt_logprobs: int | None = Field(default=None, ge=0)
 
-    def logprob_counts(self) -> dict[str, int]:
-        """Requested log-probabilities per position, by field name."""
-        return {} if self.prompt_logprobs is None else {"prompt_logprobs": self.prompt_logprobs}
-
     def prompt_count(self) -> int:
         return 1
 
@@ -48,12 +46,7 @@ class CompletionLike(BaseModel):
 class CompletionRequest(CompletionLike):
     prompt: str | list[str] | list[int] | list[list[int]] = Field(...)
     logprobs: int | None = Field(default=None, ge=0)
-
-    def logprob_counts(self) -> dict[str, int]:
-        counts = super().logprob_counts()
-        if self.logprobs is not None:
-            counts["logprobs"] = self.logprobs
-        return counts
+    LOGPROB_COUNTS = ("prompt_logprobs", "logprobs")
 
     def prompt_count(self) -> int:
         # A list of token ids is one prompt; a list of strings or of id lists is several.
@@ -78,9 +71,4 @@ class ChatCompletionRequest(CompletionLike):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0)
-
-    def logprob_counts(self) -> dict[str, int]:
-        counts = super().logprob_counts()
-        if self.top_logprobs is not None:
-            counts["top_logprobs"] = self.top_logprobs
-        return counts
+    LOGPROB_COUNTS = ("prompt_logprobs", "top_logprobs")  # logprobs is a yes/no here

@@ -65,23 +65,18 @@ class Gateway:
 
     async def handle(self, route: str, request: CompletionLike, body: dict, headers) -> Response:
         alias = request.model if request.model in self.deployment.aliases else ""
+        candidates: list[str] = []
         try:
-            return await self._handle(route, request, body, headers, alias)
-        except GatewayError as e:
-            e.alias = alias
-            if not e.variant and request.model in self.deployment.variants:
-                e.variant = request.model  # refused before routing, but its target is known
-            raise
-
-    async def _handle(self, route, request, body, headers, alias) -> Response:
-        body = self._bounded(request, body)
-        user = request.user or headers.get(USER_HEADER)
-        candidates = self.router.candidates(request.model, user, headers.get(PIN_HEADER))
-        try:
+            body = self._bounded(request, body)
+            user = request.user or headers.get(USER_HEADER)
+            candidates = self.router.candidates(request.model, user, headers.get(PIN_HEADER))
             return await self._forward(route, request, body, alias, candidates)
         except GatewayError as e:
-            # A refusal after every candidate (429, 503) belongs to the one first chosen.
-            e.variant = e.variant or candidates[0]
+            e.alias = alias
+            # A refusal belongs to the variant first chosen (429/503 after every candidate),
+            # or, refused before routing, to the variant the request named.
+            named = request.model if request.model in self.deployment.variants else ""
+            e.variant = e.variant or (candidates[0] if candidates else named)
             raise
 
     def _bounded(self, request: CompletionLike, body: dict) -> dict:
@@ -95,7 +90,7 @@ class Gateway:
                     param=key,
                 )  # fmt: skip
         capped = {"n": (request.n, g.max_n), "best_of": (request.best_of, g.max_n)}
-        capped |= {k: (v, g.max_logprobs) for k, v in request.logprob_counts().items()}
+        capped |= {k: (getattr(request, k), g.max_logprobs) for k in request.LOGPROB_COUNTS}
         capped["prompt"] = (request.prompt_count(), g.max_prompts)
         for key, (value, cap) in capped.items():
             if value is not None and value > cap:
