@@ -22,9 +22,6 @@ PROMPT = "The for statement is used to"
 def gateway(tiny_engines, tiny_registry, start_gateway):
     variants = {name: {"url": url} for name, url in tiny_engines.items()}
     variants["tiny-a"]["registry_name"] = "tiny"
-    variants["tiny-a-limited"] = {
-        "url": tiny_engines["tiny-a"], "served_name": "tiny-a", "max_inflight": 1
-    }  # fmt: skip
     variants["tiny-a-priced"] = {
         "url": tiny_engines["tiny-a"], "served_name": "tiny-a", "price_per_hour": 36.0
     }  # fmt: skip
@@ -207,16 +204,22 @@ def test_body_size_cap(gateway):
     assert r.status_code == 413 and r.json()["error"]["code"] == 413
 
 
-def test_bounded_inflight_answers_429(gateway):
+def test_bounded_inflight_answers_429(slow_engine, start_gateway):
+    # On the slowed engine the first stream needs 20 s or more, so it is still in flight when
+    # the second request arrives, however fast or busy the machine (the tiny engine's 400
+    # tokens could end first); leaving the block then aborts it.
+    engine, _log = slow_engine
+    url = start_gateway(
+        {"variants": {"limited": {"url": engine, "served_name": "tiny-slow", "max_inflight": 1}}}
+    )
+
     async def run():
-        async with httpx.AsyncClient(base_url=gateway, timeout=120) as http:
-            long = {"model": "tiny-a-limited", "prompt": PROMPT, "max_tokens": 400,
+        async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+            long = {"model": "limited", "prompt": PROMPT, "max_tokens": 400,
                     "stream": True, "ignore_eos": True}  # fmt: skip
             async with http.stream("POST", "/v1/completions", json=long) as first:
                 assert first.status_code == 200
                 second = await http.post("/v1/completions", json={**long, "stream": False})
-                async for _ in first.aiter_lines():
-                    pass
             return second
 
     second = asyncio.run(run())

@@ -12,7 +12,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import aiohttp
 
@@ -38,7 +38,8 @@ class SoakResult:
     def as_dict(self) -> dict:
         before, after = self.gateway_rss_bytes_before, self.gateway_rss_bytes_after
         return {
-            **asdict(self),
+            # Shallow, counters as plain dicts (asdict would rebuild a Counter from pairs).
+            **{k: dict(v) if isinstance(v, Counter) else v for k, v in vars(self).items()},
             "output_tokens_per_s": self.completion_tokens / self.wall_s if self.wall_s else 0.0,
             "gateway_rss_growth_bytes": after - before if None not in (before, after) else None,
         }
