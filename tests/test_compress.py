@@ -6,7 +6,7 @@ import httpx
 import pytest
 from safetensors.torch import load_file
 
-from app.engines.scoring import served_perplexity
+from app.engines.scoring import served_bits_per_byte
 from app.job.evaluate import nm_pattern_holds
 from app.registry import Registry
 from tests.conftest import run_cli
@@ -46,10 +46,15 @@ def test_records_and_reports(variants, default_registry):
         v = variants.get(name)
         assert v.parent == BASE and v.base == BASE and v.recipe["op"] == "compress"
         report = json.loads((default_registry / name / "report.json").read_text())
-        assert report["variant"]["ppl"] == pytest.approx(v.quality["ppl"])
-        assert v.quality["ppl_ratio"] == pytest.approx(v.quality["ppl"] / v.quality["ppl_dense"])
-        assert v.quality["ppl_ratio"] > 1.0  # removing weights costs quality on real text
-        assert set(report["sparsity_by_layer"]) and report["evaluation"]["windows"] == 4
+        scores, q = report["variant"]["scores"], v.quality
+        for text in ("pydoc", "news"):  # in and out of domain, on the same bytes as dense
+            assert q["bpb"][text] == pytest.approx(scores[text]["bpb"])
+            assert q["bpb_ratio"][text] == pytest.approx(q["bpb"][text] / q["bpb_dense"][text])
+            assert report["dense"][text]["bytes"] == scores[text]["bytes"]
+            assert q["bpb_ratio"][text] > 1.0  # removing weights costs quality on real text
+        assert q["ppl_ratio"] == pytest.approx(q["ppl"] / q["ppl_dense"])  # same tokenizer
+        assert report["dense"]["pydoc"]["tokens"] == scores["pydoc"]["tokens"]
+        assert set(report["sparsity_by_layer"]) and report["evaluation"]["spans"] == 4
         assert "report.json" in {f.path for f in v.files}
         # (measured before report.json, a few kB, was written)
         ratio = v.bytes_on_disk / dense.bytes_on_disk
@@ -113,7 +118,8 @@ def test_lora_recovery_improves_and_keeps_exact_sparsity(variants, default_regis
     unstructured = _weights(variants, "unstructured")
     zeros = sum(int((w == 0).sum()) for w in weights.values())
     assert zeros == sum(int((w == 0).sum()) for w in unstructured.values())
-    assert report["variant"]["ppl"] < report["ppl_before_recovery"]
+    after, before = report["variant"]["scores"], report["before_recovery"]
+    assert after["pydoc"]["bpb"] < before["pydoc"]["bpb"]
 
 
 def test_iterative_schedule_reaches_the_final_sparsity(variants):
@@ -128,13 +134,9 @@ def served(variants, engines):
 
 
 def test_vllm_serves_every_variant_as_evaluated(variants, default_registry, served):
-    from transformers import AutoTokenizer
-
-    from app.job.text import token_windows
+    from app.job.eval_texts import EVAL_TEXTS
 
     urls = {name: url for name, url in served.items() if name in JOBS}
-    tokenizer = AutoTokenizer.from_pretrained(default_registry / BASE)
-    windows = token_windows(tokenizer, "evaluation", 4, 256)  # the job's held-out windows
     for name, url in urls.items():
         r = httpx.post(
             f"{url}/v1/completions",
@@ -142,10 +144,13 @@ def test_vllm_serves_every_variant_as_evaluated(variants, default_registry, serv
             timeout=120,
         )
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] > 0
-        served = served_perplexity(url, name, windows)
-        evaluated = variants.get(name).quality["ppl"]
-        # bf16 kernels (and int8 ones for W8A8) against the job's float32 evaluation.
-        assert served == pytest.approx(evaluated, rel=0.1), name
+        for text in EVAL_TEXTS:  # the job's spans, read with the variant's own tokenizer
+            served_bpb = served_bits_per_byte(
+                url, name, variants.servable_path(name), text.spans(4)
+            )
+            evaluated = variants.get(name).quality["bpb"][text.key]
+            # bf16 kernels (and int8 ones for W8A8) against the job's float32 evaluation.
+            assert served_bpb == pytest.approx(evaluated, rel=0.03), (name, text.key)
 
 
 @pytest.mark.parametrize(
@@ -221,6 +226,7 @@ def test_gateway_serves_the_real_model_and_a_variant_to_the_openai_client(
         assert chunks[-1].usage == reply.usage
     rows = {r["variant"]: r for r in httpx.get(f"{url}/v1/variants/compare").json()["data"]}
     assert rows["nm-w8a8"]["base_served_as"] == BASE
-    assert rows["nm-w8a8"]["ppl_ratio"] == pytest.approx(
-        Registry(default_registry).get("nm-w8a8").quality["ppl_ratio"]
-    )
+    quality = Registry(default_registry).get("nm-w8a8").quality
+    assert rows["nm-w8a8"]["ppl_ratio"] == pytest.approx(quality["ppl_ratio"])
+    assert rows["nm-w8a8"]["bpb_ratio_news"] == pytest.approx(quality["bpb_ratio"]["news"])
+    assert rows[BASE]["bpb_ratio_pydoc"] == 1.0

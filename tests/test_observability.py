@@ -90,6 +90,14 @@ def test_compare_puts_each_variant_beside_its_dense_base(gateway, tiny_registry)
         assert 0 < row["ttft_p50_s"] <= row["ttft_p95_s"]
         assert 0 < row["itl_p50_s"] <= row["itl_p95_s"]
         assert row["tokens_per_s_per_stream"] > 0 and row["dollars_per_million_tokens"] > 0
+        # Cost per unit of text: the gateway counted the bytes it streamed and returned.
+        assert row["completion_bytes"] > 0
+        assert row["dollars_per_million_bytes"] == pytest.approx(
+            row["dollars_per_million_tokens"] * row["completion_tokens"] / row["completion_bytes"]
+        )
+    for text in ("pydoc", "news"):  # registry facts: bits per byte in and out of domain
+        assert p[f"bpb_ratio_{text}"] == pytest.approx(pruned.quality["bpb_ratio"][text])
+        assert a[f"bpb_ratio_{text}"] == 1.0
     assert p["shadow_compared"] >= 3 and 0 <= p["shadow_prefix_agreement"] <= 1
     ratios = p["ratio_to_base"]
     assert ratios["ttft_p50_s"] == pytest.approx(p["ttft_p50_s"] / a["ttft_p50_s"])
@@ -117,6 +125,10 @@ def test_dashboard_page_renders_in_chromium(gateway, tiny_registry):
     for variant in ("tiny-a", "tiny-p"):  # a bar per variant in the charts
         assert re.search(rf'<rect [^>]*data-variant="{variant}"', dom)
     assert dom.count("<svg") >= 8  # one chart per figure
+    # Quality against cost: a point per variant and text, the Pareto front drawn.
+    pareto = dom[dom.index('id="pareto"') :].split("</svg>")[0]
+    for variant in ("tiny-a", "tiny-p"):
+        assert len(re.findall(rf'<circle [^>]*data-variant="{variant}"', pareto)) == 2
 
 
 def _panel_queries() -> list[tuple[str, str]]:
@@ -202,9 +214,14 @@ def test_bench_serve_prints_writes_and_draws_the_comparison(gateway, tmp_path, t
         assert row["ttft_p50_s"] > 0 and row["tpot_p50_s"] > 0
         expected = PRICES[name] * row["wall_s"] / 3600 / row["output_tokens"] * 1e6
         assert row["dollars_per_million_tokens"] == pytest.approx(expected)
+        # Per unit of text too: the bytes of the text that streamed back.
+        assert row["output_bytes"] > 0
+        per_byte = PRICES[name] * row["wall_s"] / 3600 / row["output_bytes"] * 1e6
+        assert row["dollars_per_million_bytes"] == pytest.approx(per_byte)
     assert rows["tiny-a"]["ratio_to_baseline"]["ttft_p50_s"] == pytest.approx(1.0)
     pruned = Registry(tiny_registry).get("tiny-p")
     assert rows["tiny-p"]["ppl_ratio"] == pytest.approx(pruned.quality["ppl_ratio"])
+    assert rows["tiny-p"]["bpb_ratio_news"] == pytest.approx(pruned.quality["bpb_ratio"]["news"])
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -242,3 +259,71 @@ def test_models_path_gives_engines_a_folder_they_can_load(tiny_registry):
     assert pruned.returncode == 0 and folder.parent.name == ".expanded"
     assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
     assert not list(folder.glob("*.sparse.safetensors"))
+
+
+def _prefix_cache_hits(engine_url: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{engine_url}/metrics", timeout=10).text
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == "vllm:prefix_cache_hits"
+        for s in f.samples
+        if s.name.endswith("_total")
+    )
+
+
+def test_bench_prompts_never_meet_a_warm_prefix_cache(gateway, tiny_engines, tmp_path):
+    """Two runs, rounds in each: vLLM's prefix cache never hits (prompts of 200 words fill
+    whole KV blocks, so a repeated prompt would). The same seed twice does hit: the check
+    can fail."""
+    args = ["bench", "serve", "--url", gateway, "--variants", "tiny-a", "--requests", "6",
+            "--concurrency", "2", "--output-tokens", "4", "--prompt-words", "200",
+            "--interleave", "2", "--out", str(tmp_path / "b.json"),
+            "--chart", str(tmp_path / "b.png")]  # fmt: skip
+    engine = tiny_engines["tiny-a"]
+    before = _prefix_cache_hits(engine)
+    for _ in range(2):
+        assert run_cli(*args).returncode == 0
+    assert _prefix_cache_hits(engine) == before
+    for _ in range(2):
+        assert run_cli(*args, "--seed", "5", "--interleave", "1").returncode == 0
+    assert _prefix_cache_hits(engine) > before
+
+
+def test_bench_prompts_are_distinct_and_can_share_a_prefix():
+    from app.bench.load import Load, prompts
+
+    load = Load(prompt_words=30)
+    a, b = prompts(load, 50, seed=1), prompts(load, 50, seed=2)
+    assert len(set(a)) == 50 and not set(a) & set(b)
+    assert prompts(load, 50, seed=1) == a  # a seed reproduces its prompts
+    assert all(len(p.split()) == 30 for p in a)
+    shared = prompts(Load(prompt_words=30, shared_prefix_words=10), 20, seed=3)
+    assert len({" ".join(p.split()[:10]) for p in shared}) == 1 and len(set(shared)) == 20
+    ids = prompts(Load(prompt_tokens=16, token_ids=list(range(5, 100))), 20, seed=4)
+    assert all(len(p) == 16 and min(p) >= 5 for p in ids) and len({tuple(p) for p in ids}) == 20
+
+
+def test_bench_crosscheck_runs_vllm_bench_under_the_same_load(
+    tiny_engines, tiny_registry, tmp_path
+):
+    """The command that compares this bench with `vllm bench serve` (its figures are read,
+    not asserted: timing). Both sent the same number of requests of the same lengths."""
+    out = tmp_path / "crosscheck.json"
+    proc = run_cli(
+        "bench", "crosscheck", "--url", tiny_engines["tiny-a"], "--model", "tiny-a",
+        "--tokenizer", str(tiny_registry / "tiny"), "--requests", "6", "--concurrency", "2",
+        "--prompt-tokens", "32", "--output-tokens", "8", "--rounds", "1", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    result = json.loads(out.read_text())
+    assert result["runs"]["vllm"][0]["completed"] == 6
+    ours = result["runs"]["sparsegate"][0]
+    assert ours["completed"] == 6 and ours["prompt_tokens_mean"] == 32
+    for key in ("output_tokens_per_s", "tpot_mean_ms"):
+        figures = result[key]
+        assert figures["vllm"] > 0 and figures["sparsegate"] > 0
+        assert figures["ratio"] == pytest.approx(figures["sparsegate"] / figures["vllm"])
+    assert "sparsegate / vllm" in proc.stdout

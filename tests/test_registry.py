@@ -184,7 +184,7 @@ def test_concurrent_writers_do_not_corrupt_the_registry(tmp_path):
 def test_promote_demotes_the_previous_production_variant(tmp_path):
     reg = Registry(tmp_path, create=True)
     _register(reg, "dense", stage=Stage.production)
-    _register(reg, "pruned", base="dense", parent="dense", quality={"ppl_ratio": 1.1})
+    _register(reg, "pruned", base="dense", parent="dense", quality={"bpb_ratio_max": 1.05})
     assert reg.set_stage("pruned", Stage.production) == ["dense"]
     assert reg.get("pruned").stage is Stage.production
     assert reg.get("dense").stage is Stage.candidate
@@ -193,12 +193,19 @@ def test_promote_demotes_the_previous_production_variant(tmp_path):
 def test_quality_gate_refuses_unless_forced(tmp_path):
     reg = Registry(tmp_path, create=True)
     _register(reg, "dense")
-    _register(reg, "bad", base="dense", parent="dense", quality={"ppl_ratio": 3.0})
-    with pytest.raises(SparsegateError, match="over the quality gate"):
-        reg.set_stage("bad", Stage.production, quality_gate=1.25)
+    # Perplexity alone (1.3×) would pass a 1.25 gate on perplexity; the gate is on bits
+    # per byte, the worse of the two evaluation texts.
+    _register(reg, "bad", base="dense", parent="dense",
+              quality={"ppl_ratio": 1.0, "bpb_ratio_max": 1.12})  # fmt: skip
+    _register(reg, "old", base="dense", parent="dense", quality={"ppl_ratio": 1.0})
+    with pytest.raises(SparsegateError, match=r"1\.120× its dense base's, over the quality gate"):
+        reg.set_stage("bad", Stage.production, quality_gate=1.10)
+    with pytest.raises(SparsegateError, match="no bits-per-byte figure"):
+        reg.set_stage("old", Stage.production, quality_gate=1.10)
     assert reg.get("bad").stage is Stage.candidate
-    reg.set_stage("bad", Stage.production, quality_gate=1.25, force=True)
+    reg.set_stage("bad", Stage.production, quality_gate=1.10, force=True)
     assert reg.get("bad").stage is Stage.production
+    reg.set_stage("bad", Stage.production, quality_gate=1.15)  # under a looser gate
 
 
 def test_remove_guards_parents_and_production(tmp_path):

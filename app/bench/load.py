@@ -8,11 +8,14 @@ or less of httpx's CPU, which on a small machine the engine under test would los
 
 import asyncio
 import json
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
+
+from app.gateway.upstream import text_bytes
 
 
 @dataclass
@@ -22,6 +25,14 @@ class Load:
     duration_s: float | None = None  # stop starting requests after this, if set
     prompt_words: int = 128
     output_tokens: int = 64
+    # Words every prompt of a run starts with (a shared-prefix workload, which vLLM's
+    # prefix cache serves faster); 0: every prompt is random from its first word.
+    shared_prefix_words: int = 0
+    # Prompts as exactly this many token ids drawn from `token_ids` (the length a tokenizer
+    # gives is otherwise the engine's business): what `vllm bench serve --dataset-name
+    # random` sends, for comparing the two.
+    prompt_tokens: int | None = None
+    token_ids: list[int] | None = None
 
 
 @dataclass
@@ -33,6 +44,7 @@ class Outcome:
     gaps: list[float] = field(default_factory=list)
     prompt_tokens: int = 0
     output_tokens: int = 0
+    output_bytes: int = 0
     error: str = ""
 
     @property
@@ -43,24 +55,39 @@ class Outcome:
         return (self.e2e - self.ttft) / (self.output_tokens - 1)
 
 
-def prompts(n_words: int, count: int) -> list[str]:
-    """Distinct prompts of about n_words words from held-out English text (no tokenizer
-    needed; the engine reports the real prompt token counts)."""
+def _words() -> list[str]:
     from app.job.text import pydoc_texts
 
-    words = " ".join(pydoc_texts("evaluation")).split()
-    out = []
-    for i in range(count):
-        start = (i * 997) % max(1, len(words) - n_words)
-        out.append(" ".join(words[start : start + n_words]))
-    return out
+    return sorted(set(" ".join(pydoc_texts("calibration")).split()))
+
+
+def prompts(load: Load, count: int, seed: int) -> list[str] | list[list[int]]:
+    """`count` distinct prompts drawn at random with `seed`: words of the documentation's
+    calibration half (no tokenizer needed; the engine reports the real prompt token
+    counts), or token ids. A new seed per run and per round, so no run is served from the
+    prefix cache another one filled (the same prompts twice made TTFT p50 fall from 737
+    to 206 ms)."""
+    rng = random.Random(seed)
+    out: dict = {}
+    if load.prompt_tokens:
+        ids = load.token_ids or []
+        while len(out) < count:
+            p = tuple(rng.choice(ids) for _ in range(load.prompt_tokens))
+            out.setdefault(p, list(p))
+        return list(out.values())
+    words = _words()
+    prefix = rng.choices(words, k=min(load.shared_prefix_words, load.prompt_words))
+    while len(out) < count:
+        text = " ".join(prefix + rng.choices(words, k=load.prompt_words - len(prefix)))
+        out.setdefault(text, text)
+    return list(out.values())
 
 
 async def one_request(
     http: aiohttp.ClientSession,
     url: str,
     model: str,
-    prompt: str,
+    prompt: str | list[int],
     output_tokens: int,
     headers: dict,
 ) -> Outcome:
@@ -86,6 +113,7 @@ async def one_request(
                     return out
                 now = time.perf_counter()
                 if event.get("choices"):
+                    out.output_bytes += text_bytes(event)
                     if last is None:
                         out.ttft = now - start
                     else:
@@ -107,12 +135,14 @@ async def run_load(
     model: str,
     load: Load,
     *,
+    seed: int,
     headers: dict | None = None,
     on_done: Callable[[Outcome], None] | None = None,
 ) -> tuple[list[Outcome], float]:
-    """Run `load` against one model; returns the outcomes and the wall time."""
-    texts = prompts(load.prompt_words, load.requests)
-    queue: asyncio.Queue[str] = asyncio.Queue()
+    """Run `load` against one model with the prompts `seed` draws; returns the outcomes
+    and the wall time."""
+    texts = prompts(load, load.requests, seed)
+    queue: asyncio.Queue = asyncio.Queue()
     for t in texts:
         queue.put_nowait(t)
     outcomes: list[Outcome] = []

@@ -6,6 +6,9 @@ CPU from the engine it fronts); the gateway's own CPU time per request and per t
 from its `process_cpu_seconds_total` over the gateway rounds, is the figure that carries
 over to any machine."""
 
+import itertools
+import random
+
 import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
@@ -35,11 +38,12 @@ async def measure_overhead(
     sides: dict[str, tuple[list[Outcome], float]] = {"direct": ([], 0.0), "gateway": ([], 0.0)}
     per_round = Load(**{**load.__dict__, "requests": max(1, load.requests // rounds)})
     cpu: float | None = 0.0
+    seeds = itertools.count(random.randrange(1 << 30))  # new prompts for every run
     for _ in range(rounds):
         for side, url, name in (("direct", engine_url, served_name),
                                 ("gateway", gateway_url, model)):  # fmt: skip
             before = await gateway_cpu_seconds(gateway_url) if side == "gateway" else None
-            outcomes, wall = await run_load(url, name, per_round)
+            outcomes, wall = await run_load(url, name, per_round, seed=next(seeds))
             sides[side] = (sides[side][0] + outcomes, sides[side][1] + wall)
             if side == "gateway":
                 after = await gateway_cpu_seconds(gateway_url)

@@ -1,6 +1,7 @@
 """`sparsegate bench serve`: the same load against each variant through the gateway."""
 
 import asyncio
+import random
 from pathlib import Path
 
 import httpx
@@ -20,6 +21,7 @@ def run_serve_bench(
     load: Load,
     *,
     interleave: int = 1,
+    seed: int | None = None,
     slo: Slo | None = None,
     prices: dict[str, float] | None = None,
     headers: dict | None = None,
@@ -40,16 +42,20 @@ def run_serve_bench(
     prices = {**served["prices"], **(prices or {})}
     per_round = Load(**{**load.__dict__, "requests": max(1, load.requests // interleave)})
     results: dict[str, tuple[list, float]] = {n: ([], 0.0) for n in names}
+    # Each round draws new prompts (the same for every variant within it): nothing is
+    # served from a prefix cache an earlier round or run filled.
+    seed = random.randrange(1 << 30) if seed is None else seed
     columns = (*Progress.get_default_columns()[:-1], MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         tasks = {n: progress.add_task(n, total=per_round.requests * interleave) for n in names}
-        for _ in range(interleave):
+        for round_ in range(interleave):
             for name in names:
                 pinned = {**headers, "x-sparsegate-variant": name}
                 advance = lambda _o, n=name: progress.advance(tasks[n])  # noqa: E731
                 outcomes, wall = asyncio.run(
-                    run_load(url, name, per_round, headers=pinned, on_done=advance)
-                )
+                    run_load(url, name, per_round, seed=seed + round_, headers=pinned,
+                             on_done=advance)
+                )  # fmt: skip
                 results[name] = (results[name][0] + outcomes, results[name][1] + wall)
     slo = slo or Slo()
     rows = [
@@ -60,7 +66,8 @@ def run_serve_bench(
     add_ratios(rows, names[0])
     console.print(table(rows))
     if out:
-        write_json(rows, {"url": url, "load": load.__dict__, "interleave": interleave}, out)
+        meta = {"url": url, "load": load.__dict__, "interleave": interleave, "seed": seed}
+        write_json(rows, meta, out)
     if chart_path:
         chart(rows, chart_path)
     return rows
@@ -102,10 +109,7 @@ def gateway_facts(url: str, headers: dict) -> dict:
         if family.name == "sparsegate_engine_price_dollars_per_hour"
         for sample in family.samples
     }
-    quality = {
-        row["variant"]: {"ppl_ratio": row.get("ppl_ratio"), "bytes": row.get("bytes"),
-                         "parameters": row.get("parameters")}
-        for row in compare
-    }  # fmt: skip
+    keys = ("ppl_ratio", "bpb_ratio_pydoc", "bpb_ratio_news", "bytes", "parameters")
+    quality = {row["variant"]: {k: row.get(k) for k in keys} for row in compare}
     return {"models": {m["id"] for m in models.json()["data"]}, "prices": prices,
             "quality": quality}  # fmt: skip

@@ -9,6 +9,7 @@ after, so growth under sustained load shows."""
 import asyncio
 import itertools
 import json
+import random
 import time
 import uuid
 from collections import Counter
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from app.bench.load import prompts
+from app.bench.load import Load, prompts
 from app.bench.overhead import gateway_metric
 
 
@@ -111,7 +112,7 @@ async def run_soak(
     url = url.rstrip("/")
     headers = headers or {}
     result = SoakResult()
-    texts = prompts(prompt_words, 64)
+    texts = prompts(Load(prompt_words=prompt_words), 64, random.randrange(1 << 30))
     counter = itertools.count()
     timeout = aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=600.0)
     connector = aiohttp.TCPConnector(limit=concurrency + 4)

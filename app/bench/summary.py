@@ -31,6 +31,7 @@ def summarize(
     itl = [g for o in ok for g in o.gaps]
     e2e = [o.e2e for o in ok]
     out_tokens = sum(o.output_tokens for o in ok)
+    out_bytes = sum(o.output_bytes for o in ok)
     good = [o for o in ok if o.ttft <= slo.ttft_s and (o.tpot is None or o.tpot <= slo.tpot_s)]
     row = {
         "variant": variant,
@@ -40,6 +41,8 @@ def summarize(
         "prompt_tokens": sum(o.prompt_tokens for o in ok),
         "output_tokens": out_tokens,
         "output_tokens_per_s": out_tokens / wall_s if wall_s else 0.0,
+        "output_bytes": out_bytes,
+        "output_bytes_per_s": out_bytes / wall_s if wall_s else 0.0,
         "requests_per_s": len(ok) / wall_s if wall_s else 0.0,
         "goodput_requests_per_s": len(good) / wall_s if wall_s else 0.0,
         "slo": asdict(slo),
@@ -49,6 +52,13 @@ def summarize(
             price_per_hour * wall_s / 3600 / out_tokens * 1e6
             if price_per_hour and out_tokens else None
         ),
+        # Per unit of text: variants whose tokenizers differ spend different numbers of
+        # tokens on the same text, so $ per token would flatter the one that spends more.
+        "dollars_per_million_bytes": (
+            price_per_hour * wall_s / 3600 / out_bytes * 1e6
+            if price_per_hour and out_bytes else None
+        ),
+        "tpot_mean_s": float(np.mean(tpot)) if tpot else None,
         "first_error": next((o.error for o in outcomes if not o.ok), ""),
     }  # fmt: skip
     for name, values in (("ttft", ttft), ("tpot", tpot), ("itl", itl), ("e2e", e2e)):
@@ -57,8 +67,9 @@ def summarize(
     return row
 
 
-RATIO_KEYS = ("ttft_p50_s", "tpot_p50_s", "itl_p50_s", "e2e_p50_s", "output_tokens_per_s",
-              "goodput_requests_per_s", "dollars_per_million_tokens")  # fmt: skip
+RATIO_KEYS = ("ttft_p50_s", "tpot_p50_s", "tpot_mean_s", "itl_p50_s", "e2e_p50_s",
+              "output_tokens_per_s", "output_bytes_per_s", "goodput_requests_per_s",
+              "dollars_per_million_tokens", "dollars_per_million_bytes")  # fmt: skip
 
 
 def add_ratios(rows: list[dict], baseline: str) -> None:

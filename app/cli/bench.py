@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from app.cli.compress import quality
-from app.cli.models import console
+from app.cli.models import RegistryOpt, _home, console
 from app.errors import SparsegateError
 
 bench_app = typer.Typer(help="Benchmarks that print figures: quality, serving, overhead, soak.")
@@ -37,8 +38,17 @@ def bench_serve(
     wait_ready: Annotated[float, typer.Option(help="Seconds to wait for the engines")] = 0.0,
     out: Annotated[Path, typer.Option(help="JSON results")] = Path("bench.json"),
     chart: Annotated[Path, typer.Option(help="PNG chart")] = Path("bench.png"),
+    seed: Annotated[
+        int | None, typer.Option(help="Prompt seed (a rerun then meets a warm prefix cache)")
+    ] = None,
+    shared_prefix_words: Annotated[
+        int, typer.Option(min=0, help="Words every prompt starts with (prefix-cache workload)")
+    ] = 0,
 ) -> None:
-    """Drive the gateway with the same load per variant and compare them to the first."""
+    """Drive the gateway with the same load per variant and compare them to the first.
+
+    Prompts are random words, new for every run and round (the same for every variant
+    within a round), so no figure comes from a prefix cache an earlier run filled."""
     from app.bench.load import Load
     from app.bench.serve_bench import run_serve_bench
     from app.bench.summary import Slo
@@ -47,8 +57,9 @@ def bench_serve(
     run_serve_bench(
         url,
         names,
-        Load(concurrency, requests, duration, prompt_words, output_tokens),
+        Load(concurrency, requests, duration, prompt_words, output_tokens, shared_prefix_words),
         interleave=interleave,
+        seed=seed,
         slo=Slo(slo_ttft_ms / 1000, slo_tpot_ms / 1000),
         prices=_prices(price or []),
         headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
@@ -149,6 +160,48 @@ def bench_soak(
         )
     else:
         console.print("gateway memory: not exported (multi-worker gateway)")
+    if out:
+        out.write_text(json.dumps(r, indent=2))
+
+
+@bench_app.command("crosscheck")
+def bench_crosscheck(
+    model: Annotated[str, typer.Option(help="Model name the server serves")],
+    url: Annotated[str, typer.Option(help="Gateway or engine address")] = "http://127.0.0.1:8080",
+    tokenizer: Annotated[
+        Path | None, typer.Option(help="Tokenizer folder [default: the model's, from the registry]")
+    ] = None,
+    concurrency: ConcurrencyOpt = 8,
+    requests: RequestsOpt = 48,
+    prompt_tokens: Annotated[int, typer.Option(min=2, help="Prompt length in tokens")] = 128,
+    output_tokens: OutputOpt = 64,
+    rounds: Annotated[int, typer.Option(min=1, help="Alternations vLLM / sparsegate")] = 2,
+    out: Annotated[Path | None, typer.Option(help="JSON results")] = None,
+    registry: RegistryOpt = None,
+) -> None:
+    """This bench against `vllm bench serve` under the same load, alternating: output
+    tokens/s and mean TPOT of each, and their ratio."""
+    from app.bench.crosscheck import crosscheck
+    from app.bench.load import Load
+    from app.registry import Registry
+
+    folder = tokenizer or Registry(_home(registry)).servable_path(model)
+    load = Load(concurrency, requests, None, 0, output_tokens, prompt_tokens=prompt_tokens)
+    with console.status(f"{rounds} rounds of vllm bench serve and sparsegate bench, alternating"):
+        r = crosscheck(url, model, str(folder), load, rounds)
+    t = Table(
+        title=f"{model}: {requests} requests, concurrency {concurrency}, "
+        f"{prompt_tokens} prompt / {output_tokens} output tokens, {rounds} rounds"
+    )
+    for col in ("figure", "vllm bench serve", "sparsegate bench", "sparsegate / vllm"):
+        t.add_column(col, justify="left" if col == "figure" else "right")
+    for key, label in (
+        ("output_tokens_per_s", "output tokens/s"),
+        ("tpot_mean_ms", "mean TPOT ms"),
+    ):
+        f = r[key]
+        t.add_row(label, f"{f['vllm']:.1f}", f"{f['sparsegate']:.1f}", f"{f['ratio']:.3f}")
+    console.print(t)
     if out:
         out.write_text(json.dumps(r, indent=2))
 

@@ -31,6 +31,13 @@ def compress(
     schedule: Annotated[
         str | None, typer.Option(help="Iterative sparsities, e.g. 0.3,0.5 (prune, recover, ...)")
     ] = None,
+    trim_vocab: Annotated[
+        int | None, typer.Option(help="Keep K vocabulary rows (embedding / LM head)")
+    ] = None,
+    vocab_corpus: Annotated[
+        Path | None,
+        typer.Option(help="Text file or folder to rank tokens by [default: built-in corpus]"),
+    ] = None,
     registry: RegistryOpt = None,
 ) -> None:
     """Prune and/or quantize a registered model, evaluate it against its dense base, register it."""
@@ -46,6 +53,8 @@ def compress(
         recover=recover,
         steps=steps,
         schedule=_floats(schedule) if schedule else None,
+        trim_vocab=trim_vocab,
+        vocab_corpus=vocab_corpus,
     )
     run_in("compress")
     from app.job.compress import compress as run
@@ -57,11 +66,14 @@ def compress(
     except KeyboardInterrupt:
         raise Interrupted("interrupted: nothing was registered") from None
     q = v.quality
+    bpb = ", ".join(
+        f"{text} {q['bpb'][text]:.3f} (×{ratio:.3f})" for text, ratio in q["bpb_ratio"].items()
+    )
+    vocab = f", vocabulary {q['vocab']['rows_kept']:,} rows" if q.get("vocab") else ""
     console.print(
-        f"[green]registered[/] {v.name}: perplexity {q['ppl']:.2f} "
-        f"(×{q['ppl_ratio']:.3f} of dense {q['ppl_dense']:.2f}), sparsity {v.sparsity:.1%}, "
-        f"{_size(v.bytes_on_disk)} on disk (×{q['bytes_ratio']:.2f}), "
-        f"{q['job_seconds']:.0f} s",
+        f"[green]registered[/] {v.name}: bits per byte {bpb} of dense; "
+        f"sparsity {v.sparsity:.1%}{vocab}, {_size(v.bytes_on_disk)} on disk "
+        f"(×{q['bytes_ratio']:.2f}), {q['job_seconds']:.0f} s",
         highlight=False,
     )
 

@@ -42,6 +42,8 @@ def _size(n: float) -> str:
 
 
 def _quality(v: Variant) -> str:
+    if bpb := v.quality.get("bpb_ratio"):
+        return "bits/byte " + " ".join(f"{t} ×{r:.3f}" for t, r in bpb.items())
     if (ratio := v.quality.get("ppl_ratio")) is not None:
         return f"ppl ×{ratio:.3f}"
     if fid := v.quality.get("fidelity"):
@@ -60,9 +62,10 @@ def list_(
         typer.echo(json.dumps([v.model_dump(mode="json") for v in variants], indent=2))
         return
     table = Table(title=f"Registry {_home(registry)}")
-    for col in ("name", "stage", "base", "parent", "params", "on disk", "sparsity", "quality"):
+    for col in ("name", "stage", "base", "parent", "params", "on disk", "sparsity", "vocab",
+                "quality"):  # fmt: skip
         table.add_column(
-            col, justify="right" if col in ("params", "on disk", "sparsity") else "left"
+            col, justify="right" if col in ("params", "on disk", "sparsity", "vocab") else "left"
         )
     table.add_column("created")
     for v in variants:
@@ -74,6 +77,7 @@ def list_(
             f"{v.param_count / 1e6:.1f} M",
             _size(v.bytes_on_disk),
             f"{v.sparsity:.1%}",
+            f"{v.quality['vocab']['rows_kept']:,}" if v.quality.get("vocab") else "full",
             _quality(v),
             v.created_at.strftime("%Y-%m-%d %H:%M"),
         )

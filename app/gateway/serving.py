@@ -23,6 +23,7 @@ from app.gateway.upstream import (
     event_text,
     relay_sse,
     send,
+    text_bytes,
 )
 from app.metrics import definitions as m
 
@@ -138,8 +139,8 @@ class Gateway:
             if request.stream:
                 return self._stream(response, request, done, meta)
             timings.end = time.perf_counter()
-            usage, text = _usage_and_text(response.content)
-            done(response.status, usage, text)
+            usage, text, n_bytes = _usage_and_text(response.content)
+            done(response.status, usage, text, output_bytes=n_bytes)
             return Response(
                 response.content,
                 status_code=response.status,
@@ -169,6 +170,7 @@ class Gateway:
         usage: dict = {}
         # The text is collected only where a shadow copy may need it (parsing costs).
         text: list[str] | None = [] if done.may_shadow() else None
+        produced: dict[str, int] = {}
 
         async def events():
             status, outcome = 200, acc.ABORTED  # unless the stream runs to its end
@@ -179,6 +181,7 @@ class Gateway:
                     timings=done.timings,
                     usage=usage,
                     text=text,
+                    produced=produced,
                 ):
                     yield chunk
                 outcome = acc.OK
@@ -192,7 +195,8 @@ class Gateway:
                 yield _error_event(status, "engine_error", f"engine {done.engine.name} failed "
                                    f"mid-stream: {e}")  # fmt: skip
             finally:
-                done(status, usage, None if text is None else "".join(text), outcome=outcome)
+                done(status, usage, None if text is None else "".join(text), outcome=outcome,
+                     output_bytes=produced.get("bytes", 0))  # fmt: skip
 
         return _ClosingStream(
             events(), response, done, media_type="text/event-stream", headers=meta
@@ -231,7 +235,9 @@ class _Done:
         alias = self.gateway.deployment.aliases.get(self.alias)
         return bool(alias and alias.shadow and alias.shadow.fraction > 0)
 
-    def __call__(self, status: int, usage, text, *, outcome: str | None = None) -> None:
+    def __call__(
+        self, status: int, usage, text, *, outcome: str | None = None, output_bytes: int = 0
+    ) -> None:
         if self.closed:  # the stream's own `finally` came first
             return
         self.closed = True
@@ -242,7 +248,7 @@ class _Done:
         acc.record_request(
             variant=self.engine.name, alias=self.alias, route=self.route, outcome=outcome,
             status=status, timings=self.timings, usage=usage, busy_share_s=share,
-            price_per_hour=self.engine.config.price_per_hour,
+            price_per_hour=self.engine.config.price_per_hour, output_bytes=output_bytes,
         )  # fmt: skip
         if outcome == acc.OK and self.alias and text is not None:
             target = self.gateway.router.shadow_for(self.alias)
@@ -252,14 +258,14 @@ class _Done:
                 )
 
 
-def _usage_and_text(content: bytes) -> tuple[dict, str | None]:
+def _usage_and_text(content: bytes) -> tuple[dict, str | None, int]:
     try:
         payload = json.loads(content)
     except ValueError:
-        return {}, None
+        return {}, None, 0
     if not isinstance(payload, dict):
-        return {}, None
-    return payload.get("usage") or {}, event_text(payload)
+        return {}, None, 0
+    return payload.get("usage") or {}, event_text(payload), text_bytes(payload)
 
 
 def _error_event(status: int, kind: str, message: str) -> bytes:

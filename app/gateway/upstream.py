@@ -157,6 +157,16 @@ def event_text(event: dict) -> str:
     return ""
 
 
+def text_bytes(event: dict) -> int:
+    """UTF-8 bytes of the generated text an event (or a whole response) carries, all
+    choices: cost per unit of text compares variants whose tokenizers differ."""
+    total = 0
+    for choice in event.get("choices") or []:
+        part = choice.get("delta") or choice.get("message") or {}
+        total += len((choice.get("text") or part.get("content") or "").encode())
+    return total
+
+
 _USAGE = re.compile(rb'"usage":\s*\{')
 _NO_CHOICES = re.compile(rb'"choices":\s*\[\s*\]')
 _DONE = b"data: [DONE]"
@@ -169,15 +179,16 @@ async def relay_sse(
     timings: Timings,
     usage: dict,
     text: list[str] | None,
+    produced: dict[str, int],
 ) -> AsyncIterator[bytes]:
-    """Pass the engine's SSE events through, recording usage, token times and (when `text`
-    is a list, for shadow comparison) the text; drop the usage-only event the gateway asked
-    for when the client did not. The caller owns the response and closes it (the client
-    leaving closes the engine connection, and vLLM aborts the request).
+    """Pass the engine's SSE events through, recording usage, token times, the bytes of
+    generated text (`produced["bytes"]`) and (when `text` is a list, for shadow
+    comparison) the text; drop the usage-only event the gateway asked for when the client
+    did not. The caller owns the response and closes it (the client leaving closes the
+    engine connection, and vLLM aborts the request).
 
-    Per event this costs two byte searches: JSON is parsed only for the usage event (and for
-    the text when a shadow copy needs it), and everything one network read brings is sent on
-    in one write."""
+    Per event this costs two byte searches and one JSON parse of the (small) event, and
+    everything one network read brings is sent on in one write."""
     pending = b""
     try:
         async for chunk in response.content.iter_any():
@@ -198,10 +209,12 @@ async def relay_sse(
                         timings.first_token = now
                     timings.token_events.append(now)
                 has_usage = _USAGE.search(event) is not None
-                if has_usage or (has_choices and text is not None):
+                if has_usage or has_choices:
                     data = json.loads(event[6:])
-                    if has_choices and text is not None:
-                        text.append(event_text(data))
+                    if has_choices:
+                        produced["bytes"] = produced.get("bytes", 0) + text_bytes(data)
+                        if text is not None:
+                            text.append(event_text(data))
                     if has_usage:
                         usage.update(data["usage"])
                         if not client_wants_usage:

@@ -22,6 +22,8 @@ PRUNING = [
 # 270M (MLPs hold ~70% of them): the structured row at equal parameter count.
 STRUCTURED = ("channels 70%", {"pattern": "channels", "sparsity": 0.7})
 LORA_STEPS = 60
+# Vocabulary trimming (rows of 262,144 kept): dense, then pruned and quantized under it.
+TRIM = (65536, 49152)
 
 
 def recipes(base: str, quick: bool) -> dict[str, tuple[str, Recipe]]:
@@ -44,7 +46,18 @@ def recipes(base: str, quick: bool) -> dict[str, tuple[str, Recipe]]:
     # The control: the same fine-tuning on the dense model (how much is recovery, how much
     # is adapting to the calibration text's domain).
     control = Recipe(recover="lora", steps=LORA_STEPS)
-    return rows | recovered | {"q-dense-lora": (base, control)}
+    trimmed = {f"q-trim{k // 1024}k": (base, Recipe(trim_vocab=k)) for k in TRIM}
+    k = TRIM[0]
+    trimmed[f"q-trim{k // 1024}k-w8a8"] = (f"q-trim{k // 1024}k", Recipe(quant="w8a8"))
+    trimmed[f"q-trim{k // 1024}k-sparsegpt-50"] = (
+        base,
+        Recipe(trim_vocab=k, prune="sparsegpt", sparsity=0.5),
+    )
+    trimmed[f"q-trim{k // 1024}k-sparsegpt-50-w8a8"] = (
+        f"q-trim{k // 1024}k-sparsegpt-50",
+        Recipe(quant="w8a8"),
+    )
+    return rows | recovered | {"q-dense-lora": (base, control)} | trimmed
 
 
 def run(base: str, home: Path, quick: bool, out: Path, console: Console) -> list[dict]:
@@ -59,6 +72,7 @@ def run(base: str, home: Path, quick: bool, out: Path, console: Console) -> list
         if parent != base:  # a quantized row shows the pruning it inherits
             stored = registry.get(parent).recipe
             inherited = {k: v for k, v in stored.items() if k in Recipe.model_fields}
+            inherited.pop("vocab_corpus", None)  # shown, not re-validated
             shown = Recipe.model_validate({**inherited, "quant": recipe.quant})
         results.append(_row(name, shown, variant, dense))
         out.write_text(json.dumps(results, indent=2))  # after every row: partial runs count
@@ -74,6 +88,10 @@ def _row(name: str, recipe: Recipe, v: Variant, dense: Variant) -> dict:
         "pattern": recipe.pattern,
         "sparsity": recipe.sparsity,
         "quant": recipe.quant.value,
+        "trim_vocab": recipe.trim_vocab,
+        "bpb": v.quality["bpb"],
+        "bpb_dense": v.quality["bpb_dense"],
+        "bpb_ratio": v.quality["bpb_ratio"],
         "ppl": v.quality["ppl"],
         "ppl_dense": v.quality["ppl_dense"],
         "ppl_ratio": v.quality["ppl_ratio"],
@@ -84,33 +102,26 @@ def _row(name: str, recipe: Recipe, v: Variant, dense: Variant) -> dict:
         "measured_sparsity": v.sparsity,
         "job_seconds": v.quality["job_seconds"],
         "recover": recipe.recover,
-        "ppl_before_recovery": v.quality.get("ppl_before_recovery"),
+        "before_recovery": v.quality.get("before_recovery"),
     }
 
 
 def _print(rows: list[dict], dense: Variant, console: Console) -> None:
     table = Table(title=f"Quality against dense {dense.name}")
-    for col in (
-        "variant",
-        "prune",
-        "pattern",
-        "quant",
-        "ppl",
-        "×dense",
-        "params",
-        "bytes",
-        "×bytes",
-        "job s",
-    ):
-        table.add_column(
-            col, justify="left" if col in ("variant", "prune", "pattern", "quant") else "right"
-        )
+    left = ("variant", "vocab", "prune", "pattern", "quant")
+    for col in (*left, "bits/byte pydoc", "×dense", "news", "×dense ", "ppl ×dense", "params",
+                "bytes", "×bytes", "job s"):  # fmt: skip
+        table.add_column(col, justify="left" if col in left else "right")
     for r in rows:
         table.add_row(
-            r["variant"], r["prune"] + ("+lora" if r["recover"] == "lora" else ""),
+            r["variant"], f"{r['trim_vocab']:,}" if r["trim_vocab"] else "full",
+            r["prune"] + ("+lora" if r["recover"] == "lora" else ""),
             "dense" if r["sparsity"] is None else f"{r['pattern']} {r['sparsity']:.0%}",
             r["quant"],
-            f"{r['ppl']:.2f}", f"{r['ppl_ratio']:.3f}", f"{r['params'] / 1e6:.1f} M",
+            f"{r['bpb']['pydoc']:.3f}", f"{r['bpb_ratio']['pydoc']:.3f}",
+            f"{r['bpb']['news']:.3f}", f"{r['bpb_ratio']['news']:.3f}",
+            "–" if r["ppl_ratio"] is None else f"{r['ppl_ratio']:.3f}",
+            f"{r['params'] / 1e6:.1f} M",
             f"{r['bytes'] / 1e6:.0f} MB", f"{r['bytes_ratio']:.2f}", f"{r['job_seconds']:.0f}",
         )  # fmt: skip
     console.print(table)

@@ -30,9 +30,10 @@ def compress(
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from app.job.evaluate import nm_pattern_holds, perplexity
+    from app.job.evaluate import nm_pattern_holds
     from app.job.progress import Steps
     from app.job.pruning import PRUNERS
+    from app.job.quality import Evaluation
     from app.job.quantize import quant_modifiers
     from app.job.recover import lora_recover
     from app.job.stats import overall_sparsity, param_count, prunable_linears, sparsity_by_layer
@@ -46,8 +47,11 @@ def compress(
     parent = registry.get(base)
     if parent.recipe.get("quant", "none") != "none":
         raise SparsegateError(f"{base} is quantized; compress its unquantized parent instead")
+    if recipe.trim_vocab and parent.quality.get("vocab"):
+        raise SparsegateError(f"{base} is already vocabulary-trimmed; trim its parent instead")
     name = name or recipe.default_name(base)
     timings: dict[str, float] = {}
+    evaluation = Evaluation(registry, eval_windows)
 
     with registry.draft(name) as draft, Steps(console) as steps:
         start = time.monotonic()
@@ -55,35 +59,35 @@ def compress(
             folder = registry.servable_path(base)  # sparse-at-rest parents expand
             tokenizer = AutoTokenizer.from_pretrained(folder)
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-            try:
-                text = (
-                    read_calibration_file(recipe.calibration_data)
-                    if recipe.calibration_data
-                    else None
-                )
-                calib = token_windows(
-                    tokenizer, "calibration", recipe.calibration_samples, recipe.seq_len, text
-                )
-                held_out = token_windows(tokenizer, "evaluation", eval_windows, recipe.seq_len)
-            except ValueError as e:
-                raise SparsegateError(f"not enough text: {e}") from e
-        # The parent's perplexity on these windows is stored with it and reused.
-        eval_key = f"pydoc-eval/{len(held_out)}x{recipe.seq_len}"
-        ppl_parent = parent.quality.get("ppl_by_eval", {}).get(eval_key)
-        if ppl_parent is None:
-            with steps.step("Evaluating the parent", total=len(held_out)) as advance:
-                ppl_parent = perplexity(model, held_out, advance)
-            known = {**parent.quality.get("ppl_by_eval", {}), eval_key: ppl_parent}
-            registry.update_quality(parent.name, {"ppl_by_eval": known})
-        dense_ppl = parent.quality.get("ppl_dense", ppl_parent) if parent.parent else ppl_parent
+            calib_text = (
+                read_calibration_file(recipe.calibration_data) if recipe.calibration_data else None
+            )
+            corpus = _vocab_corpus(recipe, tokenizer, model) if recipe.trim_vocab else None
+        # Parent and dense base are scored on the same spans as the variant (cached in
+        # their records); the ratios to dense never mix evaluation sets.
+        parent_scores = evaluation.reference(parent.name, model, tokenizer, steps)
+        dense_scores = (
+            parent_scores
+            if parent.name == parent.base
+            else evaluation.reference(parent.base, None, None, steps)
+        )
 
         job_start = time.monotonic()
+        vocab_report = None
+        if recipe.trim_vocab:
+            tokenizer, vocab_report = _trim_vocabulary(model, tokenizer, recipe, corpus, steps)
+        try:
+            calib = token_windows(
+                tokenizer, "calibration", recipe.calibration_samples, recipe.seq_len, calib_text
+            )
+        except ValueError as e:
+            raise SparsegateError(f"not enough text: {e}") from e
         recoveries: list[dict] = []
-        ppl_oneshot = None
+        before_recovery = None
         if recipe.prune is PruneMethod.none and recipe.recover == "lora":
             # Fine-tuning the dense model alone: the control that tells recovery apart from
             # what any fine-tuning on this text buys.
-            ppl_oneshot = ppl_parent
+            before_recovery = evaluation.score(model, tokenizer, steps, "before recovery")
             with steps.step("LoRA fine-tuning (dense)", total=recipe.steps) as advance:
                 model, recovery = lora_recover(
                     model, calib, recipe.steps, keep_mask=False, on_step=advance
@@ -105,16 +109,15 @@ def compress(
                         pruner.apply(model)
             if recipe.recover == "lora":
                 if stage == 0 or recipe.schedule is None:
-                    with steps.step("Evaluating before recovery", total=len(held_out)) as advance:
-                        ppl_oneshot = perplexity(model, held_out, advance)
+                    before_recovery = evaluation.score(model, tokenizer, steps, "before recovery")
                 with steps.step(f"LoRA recovery ({target:.0%})", total=recipe.steps) as advance:
                     model, recovery = lora_recover(
                         model, calib, recipe.steps, keep_mask=not recipe.structured,
                         on_step=advance,
                     )  # fmt: skip
                 recoveries.append({"sparsity": target, **recovery.as_dict()})
-        # Quantization comes after pruning (here or in a parent) and must keep its zeros:
-        # GPTQ's error feedback would write into pruned positions, so they are re-zeroed.
+        # Quantization comes last (after pruning here or in a parent, after recovery) and
+        # must keep the zeros: GPTQ's error feedback would write into pruned positions.
         masks = {n: m.weight != 0 for n, m in prunable_linears(model).items()}
         if recipe.quant is not QuantScheme.none:
             with steps.step(f"Quantizing ({recipe.quant.value})"):
@@ -125,8 +128,7 @@ def compress(
                             m.weight.masked_fill_(~masks[n], 0.0)
         timings["compress_s"] = time.monotonic() - job_start
 
-        with steps.step("Evaluating the variant", total=len(held_out)) as advance:
-            ppl = perplexity(model, held_out, advance)
+        scores = evaluation.score(model, tokenizer, steps, "the variant")
         layers = sparsity_by_layer(model)
         sparsity = overall_sparsity(model)
         pattern_ok = None
@@ -138,6 +140,8 @@ def compress(
             if not pattern_ok:
                 raise SparsegateError(f"internal: the {recipe.pattern} pattern does not hold")
         params = param_count(model)
+        vocab = vocab_report or parent.quality.get("vocab")
+        quality = evaluation.figures(scores, dense_scores, same_tokenizer=vocab is None)
 
         with steps.step("Writing the variant"):
             _save(model, tokenizer, draft.path, quantized=recipe.quant is not QuantScheme.none)
@@ -152,23 +156,20 @@ def compress(
             "base": parent.base,
             "parent": parent.name,
             "recipe": recipe.model_dump(mode="json"),
-            "evaluation": {
-                "text": "pydoc_data evaluation split",
-                "windows": len(held_out),
-                "seq_len": recipe.seq_len,
-            },
-            "dense": {"ppl": dense_ppl},
-            "parent_ppl": ppl_parent,
+            "evaluation": evaluation.describe(),
+            "dense": dense_scores,
+            "parent_scores": parent_scores,
             "dense_params": parent.param_count,
-            "variant": {"ppl": ppl, "params": params, "sparsity": sparsity, "bytes": size},
+            "variant": {"scores": scores, "params": params, "sparsity": sparsity, "bytes": size},
+            **quality,
             "params_ratio": params / parent.param_count,
-            "ppl_ratio": ppl / dense_ppl,
             "bytes_ratio": size / parent.bytes_on_disk,
             # What the engine loads once the sparse files are expanded.
             "bytes_served": dense_layout,
+            "vocab": vocab,
             "sparsity_by_layer": layers,
             "pattern_holds": pattern_ok,
-            "ppl_before_recovery": ppl_oneshot,
+            "before_recovery": before_recovery,
             "recovery": recoveries,
             "timings": timings,
         }
@@ -180,18 +181,64 @@ def compress(
             param_count=params,
             sparsity=sparsity,
             quality={
-                "ppl": ppl,
-                "ppl_dense": dense_ppl,
-                "ppl_ratio": ppl / dense_ppl,
+                **quality,
+                "scores_by_eval": {evaluation.key(t): s for t, s in scores.items()},
                 "pattern_holds": pattern_ok,
-                "ppl_before_recovery": ppl_oneshot,
+                "before_recovery": before_recovery,
                 "eval": report["evaluation"],
+                "vocab": vocab,
                 "bytes_ratio": report["bytes_ratio"],
                 "params_ratio": report["params_ratio"],
                 "job_seconds": timings["total_s"],
             },
         )
     return variant
+
+
+def _vocab_corpus(recipe: Recipe, tokenizer: Any, model: Any) -> Any:
+    """Everything about trimming that can be refused is refused before any work."""
+    from app.job import trim_vocab, vocab_corpus
+
+    trim_vocab.check_k(tokenizer, recipe.trim_vocab, trim_vocab.config_token_ids(model))
+    corpus = (
+        vocab_corpus.read_corpus(recipe.vocab_corpus)
+        if recipe.vocab_corpus
+        else vocab_corpus.default_corpus()
+    )
+    vocab_corpus.check_disjoint(corpus)
+    return corpus
+
+
+def _trim_vocabulary(
+    model: Any, tokenizer: Any, recipe: Recipe, corpus: Any, steps: Any
+) -> tuple[Any, dict]:
+    """Trim the vocabulary first: later steps calibrate, recover and quantize the model as
+    it will be served, and every forward pass after it pays for K rows, not 262k."""
+    from app.job import trim_vocab
+    from app.job.eval_texts import EVAL_TEXTS
+
+    n_chunks = -(-len(corpus.text) // trim_vocab.MINE_CHUNK)
+    with steps.step(f"Counting tokens in {corpus.n_bytes / 1e6:.0f} MB", total=n_chunks) as advance:
+        counts = trim_vocab.mine(tokenizer, corpus.text, lambda n: advance(n))
+    with steps.step(f"Trimming the vocabulary to {recipe.trim_vocab} tokens"):
+        plan = trim_vocab.plan(
+            tokenizer, counts, recipe.trim_vocab, trim_vocab.config_token_ids(model),
+            trim_vocab.written_chars(corpus.text),
+        )  # fmt: skip
+        trimmed = trim_vocab.trimmed_tokenizer(tokenizer, plan)
+        trim_vocab.trim_model(model, plan)
+        texts = {}
+        for t in EVAL_TEXTS:
+            text = "\n\n".join(t.documents())
+            before = tokenizer(text, add_special_tokens=False)["input_ids"]
+            after = trimmed(text, add_special_tokens=False)["input_ids"]
+            texts[t.key] = {
+                "coverage": sum(i in plan.old_to_new for i in before) / len(before),
+                "tokens_per_byte_ratio": len(after) / len(before),
+            }
+    report = {"k": recipe.trim_vocab, **plan.as_dict(), "corpus": corpus.as_dict(),
+              "corpus_share": trim_vocab.CORPUS_SHARE, "texts": texts}  # fmt: skip
+    return trimmed, report
 
 
 def _oneshot(model: Any, modifiers: list[Any], windows: list[list[int]], seq_len: int) -> None:
@@ -229,7 +276,8 @@ def _save(model: Any, tokenizer: Any, out: Path, *, quantized: bool) -> None:
     if qc.pop("sparsity_config", None) is not None:
         changed = True
     # llm-compressor's save rewrites config.json from the source checkpoint's file (its
-    # `resave_config`), which undoes the shapes channel pruning changed: put them back.
+    # `resave_config`), which undoes the shapes channel pruning and vocabulary trimming
+    # changed (and the renumbered token ids): put them back.
     for key in _SHAPE_KEYS:
         value = getattr(model.config, key, None)
         if key in config and value is not None and config[key] != value:
@@ -239,7 +287,10 @@ def _save(model: Any, tokenizer: Any, out: Path, *, quantized: bool) -> None:
         config_path.write_text(json.dumps(config, indent=2))
 
 
-_SHAPE_KEYS = ("intermediate_size", "num_attention_heads", "num_key_value_heads", "hidden_size")
+_SHAPE_KEYS = (
+    "intermediate_size", "num_attention_heads", "num_key_value_heads", "hidden_size",
+    "vocab_size", "bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id",
+)  # fmt: skip
 
 
 def _quiet_llmcompressor() -> None:

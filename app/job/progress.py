@@ -33,8 +33,8 @@ class Steps:
         self._progress.stop()
 
     @contextmanager
-    def step(self, description: str, total: int | None = None) -> Iterator[Callable[[], None]]:
-        """Yields `advance()`; the step shows done (✓) when the block ends without error."""
+    def step(self, description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
+        """Yields `advance(n=1)`; the step shows done (✓) when the block ends without error."""
         task = self._progress.add_task(description, total=total)
-        yield lambda: self._progress.advance(task)
+        yield lambda n=1: self._progress.advance(task, n)
         self._progress.update(task, total=total or 1, completed=total or 1)

@@ -37,6 +37,8 @@ class Recipe(BaseModel):
     recover: str = "none"  # or lora: fine-tune LoRA adapters after (each) pruning step
     steps: int = 100  # LoRA training steps per recovery
     schedule: list[float] | None = None  # iterative: prune to each sparsity in turn
+    trim_vocab: int | None = None  # keep K vocabulary rows (embedding / LM head)
+    vocab_corpus: Path | None = None  # text file or folder to rank tokens by; default: built in
 
     @field_validator("prune", "quant", mode="before")
     @classmethod
@@ -56,6 +58,8 @@ class Recipe(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "Recipe":
+        if self.trim_vocab is not None and self.trim_vocab < 1:
+            raise SparsegateError(f"--trim-vocab must be a number of tokens, not {self.trim_vocab}")
         if self.pattern not in ("unstructured", "channels") and self.nm is None:
             raise SparsegateError(
                 f"unknown pattern {self.pattern!r}: use unstructured, channels or N:M such as 2:4"
@@ -85,8 +89,8 @@ class Recipe(BaseModel):
         if self.prune is PruneMethod.none:
             if self.sparsity is not None or self.pattern != "unstructured" or self.schedule:
                 raise SparsegateError("--sparsity, --pattern and --schedule need a --prune method")
-            if self.quant is QuantScheme.none and self.recover == "none":
-                raise SparsegateError("nothing to do: give --prune and/or --quant")
+            if self.quant is QuantScheme.none and self.recover == "none" and not self.trim_vocab:
+                raise SparsegateError("nothing to do: give --prune, --quant and/or --trim-vocab")
         else:
             if self.sparsity is None:
                 self.sparsity = 0.5
@@ -101,6 +105,11 @@ class Recipe(BaseModel):
             raise SparsegateError("--steps must be at least 1 for LoRA recovery")
         if self.calibration_data is not None and not self.calibration_data.is_file():
             raise SparsegateError(f"calibration data file {self.calibration_data} not found")
+        if self.vocab_corpus is not None:
+            if self.trim_vocab is None:
+                raise SparsegateError("--vocab-corpus needs --trim-vocab")
+            if not self.vocab_corpus.exists():
+                raise SparsegateError(f"vocabulary corpus {self.vocab_corpus} not found")
         if self.calibration_samples < 1 or self.seq_len < 16:
             raise SparsegateError("need at least 1 calibration sample of at least 16 tokens")
         return self
@@ -111,6 +120,9 @@ class Recipe(BaseModel):
 
     def default_name(self, base: str) -> str:
         parts = [base]
+        if self.trim_vocab:
+            k = self.trim_vocab
+            parts.append(f"trim{k // 1024}k" if k % 1024 == 0 else f"trim{k}")
         if self.prune is not PruneMethod.none:
             shape = self.pattern.replace(":", "of") if self.nm else f"{self.sparsity * 100:.0f}"
             if self.structured:

@@ -29,12 +29,17 @@ def pydoc_texts(split: Split) -> list[str]:
 
 
 def read_calibration_file(path: Path) -> str:
-    """A user's calibration text, refused if it contains any of the evaluation text."""
+    """A user's calibration text, refused if it contains any of either evaluation text."""
+    from app.job.eval_texts import EVAL_TEXTS
+
     if not path.is_file():
         raise SparsegateError(f"calibration data file {path} not found")
     text = path.read_text(errors="replace")
-    if any(t in text for t in pydoc_texts("evaluation")):
-        raise SparsegateError(f"{path} contains held-out evaluation text; calibration must not")
+    for t in EVAL_TEXTS:
+        if any(p in text for p in t.probes()):
+            raise SparsegateError(
+                f"{path} contains held-out evaluation text ({t.key}); calibration must not"
+            )
     return text
 
 

@@ -8,7 +8,8 @@ from app.metrics.exposition import Samples, histogram_quantile
 from app.metrics.facts import VariantFacts
 
 LOWER_IS_BETTER = ("ttft_p50_s", "ttft_p95_s", "itl_p50_s", "itl_p95_s",
-                   "dollars_per_million_tokens", "bytes", "parameters", "ppl_ratio")  # fmt: skip
+                   "dollars_per_million_tokens", "dollars_per_million_bytes", "bytes",
+                   "parameters", "ppl_ratio", "bpb_ratio_pydoc", "bpb_ratio_news")  # fmt: skip
 
 
 def variant_figures(name: str, samples: Samples, facts: VariantFacts | None) -> dict:
@@ -18,6 +19,7 @@ def variant_figures(name: str, samples: Samples, facts: VariantFacts | None) -> 
     gen_s = samples.sum("sparsegate_generation_seconds_total", variant=name)
     streamed = samples.sum("sparsegate_streamed_completion_tokens_total", variant=name)
     cost = samples.sum("sparsegate_cost_dollars_total", variant=name)
+    out_bytes = samples.sum("sparsegate_completion_bytes_total", variant=name)
     compared = samples.sum("sparsegate_shadow_requests_total", variant=name, outcome="compared")
     prefix_total = samples.sum("sparsegate_shadow_compared_tokens_total", variant=name)
 
@@ -29,6 +31,8 @@ def variant_figures(name: str, samples: Samples, facts: VariantFacts | None) -> 
         "requests": total,
         "errors": total - ok,
         "ppl_ratio": facts.ppl_ratio if facts else None,
+        # bits per byte over the dense base's: in domain (pydoc), out of domain (news)
+        **{f"bpb_ratio_{t}": facts.bpb_ratio.get(t) if facts else None for t in ("pydoc", "news")},
         "shadow_compared": compared,
         "shadow_exact_match_rate": (
             samples.sum("sparsegate_shadow_exact_matches_total", variant=name) / compared
@@ -45,6 +49,8 @@ def variant_figures(name: str, samples: Samples, facts: VariantFacts | None) -> 
         "tokens_per_s_per_stream": streamed / gen_s if gen_s else None,
         "completion_tokens": completion,
         "dollars_per_million_tokens": cost / completion * 1e6 if completion and cost else None,
+        "completion_bytes": out_bytes,
+        "dollars_per_million_bytes": cost / out_bytes * 1e6 if out_bytes and cost else None,
         "bytes": facts.bytes if facts else None,
         "parameters": facts.parameters if facts else None,
         "sparsity": facts.sparsity if facts else None,

@@ -51,6 +51,11 @@ PROMPT_TOKENS = Counter("sparsegate_prompt_tokens", "Prompt tokens of user reque
 COMPLETION_TOKENS = Counter(
     "sparsegate_completion_tokens", "Completion tokens of user requests", VA
 )
+# Tokens are not a unit of text across variants whose tokenizers differ (a trimmed
+# vocabulary spends more tokens on the same words): cost per byte of text compares them.
+COMPLETION_BYTES = Counter(
+    "sparsegate_completion_bytes", "UTF-8 bytes of generated text of user requests", VA
+)
 GENERATION_SECONDS = Counter(
     "sparsegate_generation_seconds",
     "Seconds from first to last token of streamed requests (throughput's denominator)",
@@ -127,7 +132,15 @@ VARIANT_SPARSITY = Gauge(
 )  # fmt: skip
 VARIANT_PPL_RATIO = Gauge(
     "sparsegate_variant_perplexity_ratio",
-    "Held-out perplexity of the variant over its dense base's (1.0 for the base)",
+    "Held-out perplexity of the variant over its dense base's (1.0 for the base; only "
+    "for variants with the base's tokenizer)",
     _FACT_LABELS,
+    multiprocess_mode="max",
+)
+VARIANT_BPB_RATIO = Gauge(
+    "sparsegate_variant_bits_per_byte_ratio",
+    "Bits per byte of the variant over its dense base's on the same text (1.0 for the base); "
+    "text: pydoc (in domain), news (out of domain)",
+    [*_FACT_LABELS, "text"],
     multiprocess_mode="max",
 )

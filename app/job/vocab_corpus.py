@@ -1,0 +1,89 @@
+"""The text a vocabulary is trimmed to: the default mining corpus, or a user's own.
+
+The default is built offline and reproducibly from what every Python 3.11 install has:
+the standard library's sources (without `pydoc_data`, whose evaluation half is held out,
+and without the `test` package's data) plus the calibration half of the Python
+documentation, files in sorted order. Same Python release, same bytes, same sha256,
+same vocabulary.
+"""
+
+import hashlib
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.errors import SparsegateError
+
+_SKIP = {"site-packages", "pydoc_data", "test", "idlelib", "lib2to3", "__pycache__"}
+PER_PACKAGE = 4 << 20
+_TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".json", ".jsonl", ".csv", ".html", ".yaml"}
+
+
+@dataclass(frozen=True)
+class MiningCorpus:
+    text: str
+    source: str
+    files: int
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    @property
+    def n_bytes(self) -> int:
+        return len(self.text.encode())
+
+    def as_dict(self) -> dict:
+        return {"source": self.source, "files": self.files, "bytes": self.n_bytes,
+                "sha256": self.sha256}  # fmt: skip
+
+
+def default_corpus() -> MiningCorpus:
+    from app.job.text import pydoc_texts
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(
+        p for p in stdlib.rglob("*.py") if not _SKIP & set(p.relative_to(stdlib).parts[:-1])
+    )
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    budget: dict[str, int] = {}
+    for p in sorted(purelib.rglob("*")):
+        if p.suffix in (".py", ".md", ".rst", ".txt") and p.is_file():
+            top = p.relative_to(purelib).parts[0]
+            if budget.get(top, 0) < PER_PACKAGE:
+                budget[top] = budget.get(top, 0) + p.stat().st_size
+                files.append(p)
+    parts = [p.read_text(encoding="utf-8", errors="replace") for p in files]
+    parts += pydoc_texts("calibration")
+    return MiningCorpus(
+        "\n\n".join(parts),
+        f"Python {sysconfig.get_python_version()} standard library sources "
+        "+ pydoc_data calibration half",
+        len(files),
+    )
+
+
+def read_corpus(path: Path) -> MiningCorpus:
+    """A user's text or traffic sample: one file, or every text file under a folder."""
+    if not path.exists():
+        raise SparsegateError(f"vocabulary corpus {path} not found")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _TEXT_SUFFIXES)
+    else:
+        files = [path]
+    text = "\n\n".join(p.read_text(encoding="utf-8", errors="replace") for p in files)
+    if not text.strip():
+        raise SparsegateError(f"vocabulary corpus {path} has no text")
+    return MiningCorpus(text, str(path), len(files))
+
+
+def check_disjoint(corpus: MiningCorpus) -> None:
+    """A vocabulary mined on the evaluation text would flatter the variant: refuse it."""
+    from app.job.eval_texts import EVAL_TEXTS
+
+    for t in EVAL_TEXTS:
+        if any(p in corpus.text for p in t.probes()):
+            raise SparsegateError(
+                f"vocabulary corpus {corpus.source} contains the {t.key} evaluation text; "
+                "mining must not see it"
+            )
