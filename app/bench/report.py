@@ -113,21 +113,26 @@ def chart(rows: list[dict], path: Path) -> None:
 def _pareto(ax, rows: list[dict]) -> None:
     """Quality against cost: a point per variant and evaluation text, dense (the baseline)
     hollow, the Pareto front of each text dashed."""
+    from matplotlib.lines import Line2D
+
+    handles = []
     for field, label, color in TEXTS:
         pts = [(r["dollars_per_million_bytes"], r[field], r["variant"]) for r in rows
                if r.get("dollars_per_million_bytes") and r.get(field) is not None]  # fmt: skip
         if not pts:
             continue
-        for i, (x, y, name) in enumerate(pts):
+        for x, y, name in pts:
             base = name == rows[0]["variant"]
             ax.scatter([x], [y], s=70 if base else 40, color="white" if base else color,
-                       edgecolors=color, linewidths=2, zorder=3,
-                       label=label if i == 0 else None)  # fmt: skip
+                       edgecolors=color, linewidths=2, zorder=3)  # fmt: skip
             ax.annotate(name + (" (dense)" if base else ""), (x, y), fontsize=6,
                         xytext=(4, 3), textcoords="offset points")  # fmt: skip
+        handles.append(Line2D([], [], marker="o", linestyle="", color=color, label=label))
         front = pareto_front([(x, y) for x, y, _ in pts])
         ax.plot(*zip(*front, strict=True), linestyle="--", color=color, linewidth=1)
     ax.set_xlabel("$ per M output bytes", fontsize=8)
     ax.set_ylabel("bits per byte × dense", fontsize=8)
     ax.set_title("quality against cost (lower left is better)", fontsize=10)
-    ax.legend(fontsize=7)
+    handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="white",
+                          markeredgecolor="#555", label="dense"))  # fmt: skip
+    ax.legend(handles=handles, fontsize=7)

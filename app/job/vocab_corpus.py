@@ -1,10 +1,11 @@
 """The text a vocabulary is trimmed to: the default mining corpus, or a user's own.
 
-The default is built offline and reproducibly from what every Python 3.11 install has:
-the standard library's sources (without `pydoc_data`, whose evaluation half is held out,
-and without the `test` package's data) plus the calibration half of the Python
-documentation, files in sorted order. Same Python release, same bytes, same sha256,
-same vocabulary.
+The default is built offline and reproducibly from what is installed: the standard
+library's sources (without `pydoc_data`, whose evaluation half is held out, and the
+`test` package), up to PER_PACKAGE bytes of `.py/.md/.rst/.txt` per package of the
+running (compress) environment, and the calibration half of the Python documentation,
+files in sorted order. Same installation, same bytes, same sha256 (in the report), same
+vocabulary.
 """
 
 import hashlib
@@ -57,8 +58,8 @@ def default_corpus() -> MiningCorpus:
     parts += pydoc_texts("calibration")
     return MiningCorpus(
         "\n\n".join(parts),
-        f"Python {sysconfig.get_python_version()} standard library sources "
-        "+ pydoc_data calibration half",
+        f"Python {sysconfig.get_python_version()} standard library sources, up to "
+        f"{PER_PACKAGE >> 20} MB of text per installed package, pydoc_data calibration half",
         len(files),
     )
 
