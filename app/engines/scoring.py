@@ -5,12 +5,9 @@ import math
 import httpx
 
 
-def served_nll(
-    url: str, model: str, sequences: list[list[int]], timeout: float = 300
-) -> tuple[float, int]:
-    """Total negative log-likelihood (nats) of every token after the first, and the count."""
+def served_nll(url: str, model: str, sequences: list[list[int]], timeout: float = 300) -> float:
+    """Total negative log-likelihood (nats) of every token after the first."""
     nll = 0.0
-    count = 0
     with httpx.Client(base_url=url, timeout=timeout) as client:
         for ids in sequences:
             r = client.post(
@@ -21,22 +18,16 @@ def served_nll(
             scored = r.json()["choices"][0]["prompt_logprobs"][1:]  # first token has none
             for token, entry in zip(ids[1:], scored, strict=True):
                 nll -= entry[str(token)]["logprob"]
-                count += 1
-    return nll, count
-
-
-def served_perplexity(url: str, model: str, windows: list[list[int]]) -> float:
-    nll, count = served_nll(url, model, windows)
-    return math.exp(nll / count)
+    return nll
 
 
 def served_bits_per_byte(url: str, model: str, folder, spans: list[str]) -> float:
-    """Bits per byte of text spans as the job scores them (`app.job.evaluate.encode_spans`
+    """Bits per byte of text spans as the job scores them (`app.job.eval_texts.encode_spans`
     with the variant's own tokenizer), from the engine's prompt log-probabilities."""
     from transformers import AutoTokenizer
 
     from app.job.eval_texts import encode_spans
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    nll, _ = served_nll(url, model, encode_spans(tokenizer, spans))
+    nll = served_nll(url, model, encode_spans(tokenizer, spans))
     return nll / math.log(2) / sum(len(s.encode()) for s in spans)

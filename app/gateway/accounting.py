@@ -21,15 +21,14 @@ def record_request(
     usage: dict | None = None,
     busy_share_s: float = 0.0,
     price_per_hour: float = 0.0,
-    output_bytes: int = 0,
 ) -> None:
     labels = (variant or "none", alias or "none")
     m.REQUESTS.labels(*labels, route, outcome, str(status)).inc()
     if usage:
         m.PROMPT_TOKENS.labels(*labels).inc(usage.get("prompt_tokens") or 0)
         m.COMPLETION_TOKENS.labels(*labels).inc(usage.get("completion_tokens") or 0)
-    if output_bytes:
-        m.COMPLETION_BYTES.labels(*labels).inc(output_bytes)
+    if timings is not None and timings.output_bytes:
+        m.COMPLETION_BYTES.labels(*labels).inc(timings.output_bytes)
     if busy_share_s and price_per_hour:
         m.COST.labels(*labels).inc(dollars(price_per_hour, busy_share_s))
     if timings is None or outcome != OK:

@@ -139,8 +139,8 @@ class Gateway:
             if request.stream:
                 return self._stream(response, request, done, meta)
             timings.end = time.perf_counter()
-            usage, text, n_bytes = _usage_and_text(response.content)
-            done(response.status, usage, text, output_bytes=n_bytes)
+            usage, text, timings.output_bytes = _usage_and_text(response.content)
+            done(response.status, usage, text)
             return Response(
                 response.content,
                 status_code=response.status,
@@ -168,9 +168,8 @@ class Gateway:
                                   media_type="application/json", headers=meta)  # fmt: skip
         wants_usage = bool(request.stream_options and request.stream_options.include_usage)
         usage: dict = {}
-        # The text is collected only where a shadow copy may need it (parsing costs).
+        # The text is joined only where a shadow copy may need it.
         text: list[str] | None = [] if done.may_shadow() else None
-        produced: dict[str, int] = {}
 
         async def events():
             status, outcome = 200, acc.ABORTED  # unless the stream runs to its end
@@ -181,7 +180,6 @@ class Gateway:
                     timings=done.timings,
                     usage=usage,
                     text=text,
-                    produced=produced,
                 ):
                     yield chunk
                 outcome = acc.OK
@@ -195,8 +193,7 @@ class Gateway:
                 yield _error_event(status, "engine_error", f"engine {done.engine.name} failed "
                                    f"mid-stream: {e}")  # fmt: skip
             finally:
-                done(status, usage, None if text is None else "".join(text), outcome=outcome,
-                     output_bytes=produced.get("bytes", 0))  # fmt: skip
+                done(status, usage, None if text is None else "".join(text), outcome=outcome)
 
         return _ClosingStream(
             events(), response, done, media_type="text/event-stream", headers=meta
@@ -235,9 +232,7 @@ class _Done:
         alias = self.gateway.deployment.aliases.get(self.alias)
         return bool(alias and alias.shadow and alias.shadow.fraction > 0)
 
-    def __call__(
-        self, status: int, usage, text, *, outcome: str | None = None, output_bytes: int = 0
-    ) -> None:
+    def __call__(self, status: int, usage, text, *, outcome: str | None = None) -> None:
         if self.closed:  # the stream's own `finally` came first
             return
         self.closed = True
@@ -248,7 +243,7 @@ class _Done:
         acc.record_request(
             variant=self.engine.name, alias=self.alias, route=self.route, outcome=outcome,
             status=status, timings=self.timings, usage=usage, busy_share_s=share,
-            price_per_hour=self.engine.config.price_per_hour, output_bytes=output_bytes,
+            price_per_hour=self.engine.config.price_per_hour,
         )  # fmt: skip
         if outcome == acc.OK and self.alias and text is not None:
             target = self.gateway.router.shadow_for(self.alias)

@@ -96,6 +96,7 @@ class Timings:
     first_token: float | None = None
     end: float | None = None
     token_events: list[float] = field(default_factory=list)
+    output_bytes: int = 0  # UTF-8 bytes of generated text, counted as it arrives
 
     def headers(self) -> dict[str, str]:
         out = {}
@@ -179,11 +180,10 @@ async def relay_sse(
     timings: Timings,
     usage: dict,
     text: list[str] | None,
-    produced: dict[str, int],
 ) -> AsyncIterator[bytes]:
-    """Pass the engine's SSE events through, recording usage, token times, the bytes of
-    generated text (`produced["bytes"]`) and (when `text` is a list, for shadow
-    comparison) the text; drop the usage-only event the gateway asked for when the client
+    """Pass the engine's SSE events through, recording usage, token times and bytes of
+    generated text (in `timings`) and (when `text` is a list, for shadow comparison) the
+    text; drop the usage-only event the gateway asked for when the client
     did not. The caller owns the response and closes it (the client leaving closes the
     engine connection, and vLLM aborts the request).
 
@@ -212,7 +212,7 @@ async def relay_sse(
                 if has_usage or has_choices:
                     data = json.loads(event[6:])
                     if has_choices:
-                        produced["bytes"] = produced.get("bytes", 0) + text_bytes(data)
+                        timings.output_bytes += text_bytes(data)
                         if text is not None:
                             text.append(event_text(data))
                     if has_usage:

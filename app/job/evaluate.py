@@ -1,4 +1,5 @@
-"""The same evaluation for dense and variant: perplexity on the same held-out windows."""
+"""The same evaluation for dense and variant: the same held-out text spans, scored in bits
+per byte (and per-token perplexity); the N:M pattern check."""
 
 import math
 from collections.abc import Callable
@@ -8,21 +9,6 @@ import torch
 from torch import nn
 
 from app.job.eval_texts import encode_spans
-
-
-@torch.no_grad()
-def perplexity(
-    model: nn.Module, windows: list[list[int]], on_window: Callable[[], None] = lambda: None
-) -> float:
-    nll = 0.0
-    count = 0
-    for window in windows:
-        ids = torch.tensor([window])
-        logits = model(ids).logits.float()[0, :-1]
-        nll += nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
-        count += len(window) - 1
-        on_window()
-    return math.exp(nll / count)
 
 
 def nm_pattern_holds(weight: torch.Tensor, n: int, m: int) -> bool:

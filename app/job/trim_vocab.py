@@ -128,9 +128,9 @@ def _derivation(piece: str, ranks: dict[tuple[str, str], int], vocab: dict[str, 
     return [*piece, *built[:-1]] if symbols == [piece] else []
 
 
-def check_k(tokenizer: Any, k: int, config_ids: set[int]) -> set[int]:
+def check_k(tokenizer: Any, k: int, config_ids: set[int], spec: dict | None = None) -> set[int]:
     """The ids that must be kept, once K is known to leave room for them."""
-    must = must_keep_ids(tokenizer, _tokenizer_json(tokenizer), config_ids)
+    must = must_keep_ids(tokenizer, spec or _tokenizer_json(tokenizer), config_ids)
     rows = len(tokenizer)
     if k > rows:
         raise SparsegateError(f"--trim-vocab {k} is above the vocabulary's {rows} tokens")
@@ -168,7 +168,7 @@ def plan(
     """`corpus_chars`: the characters the corpus is written in (`written_chars`)."""
     spec = _tokenizer_json(tokenizer)
     rows = len(tokenizer)
-    must = check_k(tokenizer, k, config_ids)
+    must = check_k(tokenizer, k, config_ids, spec)
     vocab = tokenizer.get_vocab()
     inverse = {i: p for p, i in vocab.items()}
     model = spec["model"]
