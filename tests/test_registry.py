@@ -162,6 +162,33 @@ def _writer(home: str, worker: int, count: int) -> list[str]:
     return won
 
 
+def _opener(home: str, start) -> str:
+    start.wait()  # all processes open the new registry at the same moment
+    reg = Registry(Path(home), create=True)
+    try:
+        return reg._db.execute("PRAGMA journal_mode").fetchone()[0]
+    finally:
+        reg.close()
+
+
+def test_processes_creating_one_registry_together_all_succeed(tmp_path):
+    # SQLite may refuse the switch to WAL at once ("database is locked") when several
+    # processes set up a fresh database together; each round is a fresh registry.
+    workers = 8
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager, ctx.Pool(workers) as pool:
+        for round_ in range(8):
+            home = tmp_path / f"r{round_}"
+            start = manager.Barrier(workers)
+            modes = pool.starmap(_opener, [(str(home), start)] * workers)
+            assert modes == ["wal"] * workers
+            assert {p.name for p in home.iterdir()} <= {
+                "registry.db",
+                "registry.db-wal",
+                "registry.db-shm",
+            }
+
+
 def test_concurrent_writers_do_not_corrupt_the_registry(tmp_path):
     workers, count = 4, 6
     ctx = multiprocessing.get_context("spawn")

@@ -6,6 +6,7 @@ process sees either nothing or a complete, hashed variant. Interrupted jobs leav
 drafts (or marked folders) that the next writer collects.
 """
 
+import fcntl
 import json
 import os
 import shutil
@@ -112,6 +113,17 @@ class Draft:
         return self.published
 
 
+@contextmanager
+def _setup_lock(home: Path) -> Iterator[None]:
+    """An exclusive lock on the registry's folder itself (no extra file to leave behind)."""
+    fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 class Registry:
     def __init__(self, home: Path, *, create: bool = False) -> None:
         self.home = Path(home)
@@ -127,9 +139,14 @@ class Registry:
         self._db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA busy_timeout = 60000")
-        self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA foreign_keys = ON")
-        self._db.execute(_SCHEMA)
+        # Switching to WAL and creating the schema take locks that SQLite may refuse at once
+        # ("database is locked") without waiting on busy_timeout when several processes open a
+        # new registry together; a file lock makes that first set-up one process at a time.
+        with _setup_lock(self.home):
+            if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute(_SCHEMA)
 
     def close(self) -> None:
         self._db.close()
