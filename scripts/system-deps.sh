@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Debian packages the tests drive for real: Prometheus (dashboard queries), Chromium (the
-# /dashboard page) and docker-compose (validates docker-compose.yml without an engine).
+# /dashboard page), docker-compose (validates docker-compose.yml without an engine) and the
+# PostgreSQL server (the shared registry back end; the tests start their own instance).
 # Installs what is missing when it can (root or sudo); otherwise says what to install.
 set -euo pipefail
 need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo -n"

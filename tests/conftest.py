@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -125,9 +126,9 @@ def tiny_engines(tmp_path_factory, tiny_registry):
 
     import httpx
 
-    from app.registry.store import Registry
+    from app.registry.embedded import EmbeddedRegistry
 
-    registry = Registry(tiny_registry)
+    registry = EmbeddedRegistry(tiny_registry)
     logs = tmp_path_factory.mktemp("tiny-engine-logs")
     starter = EngineStarter(logs)
     port = free_port()
@@ -217,3 +218,34 @@ def metric(url: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+@pytest.fixture(scope="session")
+def shared_servers():
+    """PostgreSQL and an S3 server for the shared registry, started once per session."""
+    from tests.servers import Postgres, SeaweedS3
+
+    pg = Postgres()
+    try:
+        s3 = SeaweedS3()
+    except BaseException:
+        pg.stop()
+        raise
+    yield pg, s3
+    s3.stop()
+    pg.stop()
+
+
+@pytest.fixture(params=["embedded", "shared"])
+def backend(request, monkeypatch):
+    """Which registry back end `open_registry` gives, set through the environment as a user
+    would (subprocesses inherit it): a fresh database and bucket prefix per test."""
+    for key in ("SPARSEGATE_REGISTRY_URL", "SPARSEGATE_ARTIFACTS"):
+        monkeypatch.delenv(key, raising=False)
+    if request.param == "shared":
+        pg, s3 = request.getfixturevalue("shared_servers")
+        monkeypatch.setenv("SPARSEGATE_REGISTRY_URL", pg.url(pg.new_database()))
+        monkeypatch.setenv("SPARSEGATE_ARTIFACTS", f"s3://sparsegate-test/{uuid.uuid4().hex[:8]}")
+        for key, value in s3.env().items():
+            monkeypatch.setenv(key, value)
+    return request.param

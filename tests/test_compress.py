@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from app.engines.scoring import served_bits_per_byte
 from app.job.evaluate import nm_pattern_holds
-from app.registry import Registry
+from app.registry.embedded import EmbeddedRegistry
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ def variants(default_registry):
         proc = run_cli("compress", BASE, *args, *FAST, "--name", name, registry=default_registry)
         assert proc.returncode == 0, proc.stderr + proc.stdout
         assert f"registered {name}" in proc.stdout
-    return Registry(default_registry)
+    return EmbeddedRegistry(default_registry)
 
 
 def _prunable(state: dict) -> dict:
@@ -194,7 +194,7 @@ def test_calibration_file_may_not_hold_evaluation_text(default_registry, tmp_pat
         "--name", "leaky", registry=default_registry,
     )  # fmt: skip
     assert proc.returncode == 2 and "contains held-out evaluation text" in proc.stderr
-    assert Registry(default_registry).find("leaky") is None
+    assert EmbeddedRegistry(default_registry).find("leaky") is None
 
 
 def test_gateway_serves_the_real_model_and_a_variant_to_the_openai_client(
@@ -226,7 +226,7 @@ def test_gateway_serves_the_real_model_and_a_variant_to_the_openai_client(
         assert chunks[-1].usage == reply.usage
     rows = {r["variant"]: r for r in httpx.get(f"{url}/v1/variants/compare").json()["data"]}
     assert rows["nm-w8a8"]["base_served_as"] == BASE
-    quality = Registry(default_registry).get("nm-w8a8").quality
+    quality = EmbeddedRegistry(default_registry).get("nm-w8a8").quality
     assert rows["nm-w8a8"]["ppl_ratio"] == pytest.approx(quality["ppl_ratio"])
     assert rows["nm-w8a8"]["bpb_ratio_news"] == pytest.approx(quality["bpb_ratio"]["news"])
     assert rows[BASE]["bpb_ratio_pydoc"] == 1.0

@@ -4,14 +4,14 @@ import json
 
 import pytest
 
-from app.registry import Registry
+from app.registry.embedded import EmbeddedRegistry
 from app.registry.files import sha256_file
 
 pytestmark = pytest.mark.slow
 
 
 def test_conversion_fidelity(default_registry):
-    v = Registry(default_registry).get("gemma-3-270m")
+    v = EmbeddedRegistry(default_registry).get("gemma-3-270m")
     fid = v.quality["fidelity"]
     # bf16 rounding costs ~0.35%; a wrong tensor mapping or tokenizer costs far more.
     assert fid["relative_logit_error"] < 0.03
@@ -25,7 +25,7 @@ def test_conversion_fidelity(default_registry):
 
 
 def test_checkpoint_is_ordinary_and_hashed(default_registry):
-    v = Registry(default_registry).get("gemma-3-270m")
+    v = EmbeddedRegistry(default_registry).get("gemma-3-270m")
     folder = default_registry / v.name
     config = json.loads((folder / "config.json").read_text())
     assert "quantization_config" not in config

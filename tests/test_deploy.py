@@ -26,15 +26,31 @@ def _manifests() -> list[Path]:
     return sorted(p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml")
 
 
+@pytest.mark.parametrize("registry", ["embedded", "shared"])
 @pytest.mark.parametrize("profile", ["cpu", "gpu"])
-def test_compose_file_validates(profile):
+def test_compose_file_validates(profile, registry):
     compose = shutil.which("docker-compose")
     assert compose, "docker-compose is missing: scripts/system-deps.sh installs it"
+    files = ["-f", str(COMPOSE)]
+    if registry == "shared":
+        files += ["-f", str(ROOT / "deploy" / "compose" / "shared.yml")]
     proc = subprocess.run(
-        [compose, "-f", str(COMPOSE), "--profile", profile, "config", "-q"],
+        [compose, *files, "--profile", profile, "config"],
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    ours = [n for n, s in services.items() if s.get("image", "").startswith("sparsegate-")]
+    for name in set(ours) - {"bench"}:  # (bench talks to the gateway only)
+        env = services[name].get("environment") or {}
+        assert ("SPARSEGATE_REGISTRY_URL" in env) == (registry == "shared"), name
+    if registry == "shared":
+        needs = services["compress"]["depends_on"]
+        assert (
+            needs["registry-db"]["condition"]
+            == needs["objects"]["condition"]
+            == ("service_healthy")
+        )
 
 
 def test_compose_profiles_hold_the_whole_stack():
@@ -99,11 +115,13 @@ def _container_commands() -> list[tuple[str, str, list[str]]]:
     for path in _manifests():
         for doc in yaml.safe_load_all(path.read_text()):
             spec = (doc.get("spec") or {}).get("template", {}).get("spec", {})
-            for c in spec.get("containers", []):
+            for c in spec.get("initContainers", []) + spec.get("containers", []):
                 entry = c.get("command") or (
                     ["sparsegate", "engine"] if "engine-cpu" in c["image"]
                     else ["sparsegate"] if "sparsegate-" in c["image"] else []
                 )  # fmt: skip
+                if not [*entry, *c.get("args", [])]:
+                    continue  # an image that runs its own default (PostgreSQL)
                 for argv in _split([*entry, *c.get("args", [])]):
                     out.append((f"{path.name} {c['name']}", c["image"], argv))
     text = (ROOT / "Dockerfile").read_text()
@@ -224,3 +242,29 @@ def test_every_shipped_deployment_file_passes_the_strict_loader(tmp_path):
         deployment = load_deployment(path)  # raises on any unknown or missing key
         assert deployment.gateway.open or deployment.gateway.api_keys_sha256, where
         assert "gemma" in deployment.aliases, where
+
+
+def test_kubernetes_uses_the_shared_registry_and_no_shared_volume():
+    docs = [d for p in _manifests() for d in yaml.safe_load_all(p.read_text()) if d]
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    assert {"SPARSEGATE_REGISTRY_URL", "SPARSEGATE_ARTIFACTS", "AWS_ENDPOINT_URL",
+            "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(secret["stringData"])  # fmt: skip
+    assert secret["stringData"]["SPARSEGATE_ARTIFACTS"].startswith("s3://")
+    claims = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    claims += [c for d in docs for c in d.get("spec", {}).get("volumeClaimTemplates", [])]
+    assert all("ReadWriteMany" not in c["spec"]["accessModes"] for c in claims)
+    for doc in docs:
+        pod = (doc.get("spec") or {}).get("template", {}).get("spec", {})
+        for volume in pod.get("volumes", []):
+            assert "persistentVolumeClaim" not in volume, (doc["metadata"]["name"], volume)
+        containers = pod.get("initContainers", []) + pod.get("containers", [])
+        for c in containers:
+            if c["image"].startswith("sparsegate-"):
+                assert {"secretRef": {"name": "sparsegate-registry"}} in c.get("envFrom", [])
+        engines = [c for c in pod.get("containers", []) if c["name"] == "engine"]
+        if engines:  # every engine pod fetches its variant before the engine starts
+            fetch = [c for c in pod.get("initContainers", []) if c["name"] == "fetch"]
+            assert fetch and fetch[0]["args"][:2] == ["models", "path"]
+            served = fetch[0]["args"][2]
+            args = engines[0].get("args", [])
+            assert served in args[0], (args, served)  # the variant it fetched, or its link

@@ -4,7 +4,7 @@ import json
 
 from safetensors.torch import load_file
 
-from app.registry import Registry
+from app.registry.embedded import EmbeddedRegistry
 from tests.conftest import run_cli
 
 
@@ -17,7 +17,7 @@ def test_dense_lora_control_fine_tunes_without_pruning(tmp_path, tiny_model_dir)
         "--eval-windows", "2", registry=home,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    reg = Registry(home)
+    reg = EmbeddedRegistry(home)
     v = reg.get("tiny-lora")
     assert v.recipe["prune"] == "none" and v.recipe["recover"] == "lora"
     report = json.loads((home / "tiny-lora" / "report.json").read_text())

@@ -386,9 +386,9 @@ def test_shadow_traffic_is_compared_and_accounted_apart(client, gateway, tiny_en
 def slow_engine(engines, tiny_registry):
     """The tiny model on an engine slowed to at least 50 ms per decoding step: 1000 tokens
     take 50 s or more, so the client always leaves long before the generation could end."""
-    from app.registry.store import Registry
+    from app.registry.embedded import EmbeddedRegistry
 
-    folder = Registry(tiny_registry).path_of("tiny")
+    folder = EmbeddedRegistry(tiny_registry).path_of("tiny")
     url = engines(
         {"tiny-slow": folder},
         # Logged requests: vLLM then logs each abort it carries out.

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from app.registry.store import Registry
+from app.registry.embedded import EmbeddedRegistry
 from tests.conftest import free_port, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def test_compare_puts_each_variant_beside_its_dense_base(gateway, tiny_registry)
         assert time.monotonic() < deadline, "shadow copies not compared"
         time.sleep(0.2)
     rows = _compare(gateway)
-    registry = Registry(tiny_registry)
+    registry = EmbeddedRegistry(tiny_registry)
     pruned, dense = registry.get("tiny-p"), registry.get("tiny")
     p, a = rows["tiny-p"], rows["tiny-a"]
     assert a["is_base"] and not p["is_base"]
@@ -118,7 +118,7 @@ def test_dashboard_page_renders_in_chromium(gateway, tiny_registry):
         capture_output=True, text=True, timeout=120,
     ).stdout  # fmt: skip
     assert 'data-loaded="true"' in dom, dom[-2000:]
-    ratio = Registry(tiny_registry).get("tiny-p").quality["ppl_ratio"]
+    ratio = EmbeddedRegistry(tiny_registry).get("tiny-p").quality["ppl_ratio"]
     row = dom[dom.index('<tr data-variant="tiny-p">') :].split("</tr>")[0]
     assert f"{ratio:.3f}" in row  # the registry's quality, next to the speed figures
     assert "tiny-a (dense)" in dom
@@ -219,7 +219,7 @@ def test_bench_serve_prints_writes_and_draws_the_comparison(gateway, tmp_path, t
         per_byte = PRICES[name] * row["wall_s"] / 3600 / row["output_bytes"] * 1e6
         assert row["dollars_per_million_bytes"] == pytest.approx(per_byte)
     assert rows["tiny-a"]["ratio_to_baseline"]["ttft_p50_s"] == pytest.approx(1.0)
-    pruned = Registry(tiny_registry).get("tiny-p")
+    pruned = EmbeddedRegistry(tiny_registry).get("tiny-p")
     assert rows["tiny-p"]["ppl_ratio"] == pytest.approx(pruned.quality["ppl_ratio"])
     assert rows["tiny-p"]["bpb_ratio_news"] == pytest.approx(pruned.quality["bpb_ratio"]["news"])
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -6,7 +6,7 @@ import json
 import httpx
 import pytest
 
-from app.registry import Registry
+from app.registry.embedded import EmbeddedRegistry
 from tests.conftest import run_cli
 
 FAST = ["--calibration-samples", "4", "--eval-windows", "2"]
@@ -25,7 +25,7 @@ def served(tmp_path_factory, tiny_model_dir, engines):
     for args in jobs.values():
         proc = run_cli("compress", "tiny", *args, *FAST, registry=home)
         assert proc.returncode == 0, proc.stderr + proc.stdout
-    reg = Registry(home)
+    reg = EmbeddedRegistry(home)
     urls = engines({name: reg.servable_path(name) for name in jobs})
     return home, reg, urls
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from app.registry import Registry
+from app.registry.embedded import EmbeddedRegistry
 from app.registry.sparse_store import SUFFIX, expand, pack
 
 
@@ -87,7 +87,7 @@ def test_registry_serves_an_expanded_copy(pruned_file, tmp_path):
     path, _ = pruned_file
     original_sha = _sha(path)
     home = tmp_path / "reg"
-    reg = Registry(home, create=True)
+    reg = EmbeddedRegistry(home, create=True)
     with reg.draft("pruned") as draft:
         (draft.path / "config.json").write_text("{}")
         pack(path).rename(draft.path / ("model" + SUFFIX))

@@ -7,7 +7,7 @@ import pytest
 
 from app.engines.scoring import served_bits_per_byte
 from app.job.eval_texts import EVAL_TEXTS
-from app.registry import Registry
+from app.registry.embedded import EmbeddedRegistry
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,7 @@ def variants(default_registry):
     for name, args in JOBS.items():
         proc = run_cli("compress", BASE, *args, *FAST, "--name", name, registry=default_registry)
         assert proc.returncode == 0, proc.stderr + proc.stdout
-    return Registry(default_registry)
+    return EmbeddedRegistry(default_registry)
 
 
 @pytest.fixture(scope="module")

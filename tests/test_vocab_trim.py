@@ -8,7 +8,7 @@ import re
 import pytest
 
 from app.job.eval_texts import EVAL_TEXTS
-from app.registry import Registry
+from app.registry.embedded import EmbeddedRegistry
 from tests.conftest import run_cli
 
 K = 600  # of the tiny model's 1024 tokens; 4 special + 256 byte-level characters must stay
@@ -46,9 +46,9 @@ def _remap(before, after) -> dict[int, int]:
 def test_checkpoint_and_record_agree_on_k_rows(trimmed):
     from safetensors.torch import load_file
 
-    v = Registry(trimmed).get("tiny-t")
+    v = EmbeddedRegistry(trimmed).get("tiny-t")
     config = json.loads((trimmed / "tiny-t" / "config.json").read_text())
-    weights = load_file(Registry(trimmed).servable_path("tiny-t") / "model.safetensors")
+    weights = load_file(EmbeddedRegistry(trimmed).servable_path("tiny-t") / "model.safetensors")
     _, after = _tokenizers(trimmed)
     assert config["vocab_size"] == len(after) == K
     assert weights["model.embed_tokens.weight"].shape[0] == K
@@ -122,7 +122,7 @@ def test_same_corpus_same_vocabulary(trimmed, tmp_path):
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr + proc.stdout
         outputs.append((trimmed / name / "tokenizer.json").read_bytes())
-        assert Registry(trimmed).get(name).quality["vocab"]["corpus"]["files"] == 2
+        assert EmbeddedRegistry(trimmed).get(name).quality["vocab"]["corpus"]["files"] == 2
     assert outputs[0] == outputs[1]
 
 
@@ -191,11 +191,11 @@ def test_bad_input_is_one_line_and_registers_nothing(trimmed, tmp_path, args, me
             path = tmp_path / f"{arg}.txt"
             path.write_text(files[arg])
             args[i] = str(path)
-    before = {v.name for v in Registry(trimmed).variants()}
+    before = {v.name for v in EmbeddedRegistry(trimmed).variants()}
     proc = run_cli("compress", "tiny", *args, "--name", "bad", registry=trimmed)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
-    assert {v.name for v in Registry(trimmed).variants()} == before
+    assert {v.name for v in EmbeddedRegistry(trimmed).variants()} == before
 
 
 def test_a_trimmed_variant_is_not_trimmed_again(trimmed):

@@ -183,9 +183,9 @@ def bench_crosscheck(
     tokens/s and mean TPOT of each, and their ratio."""
     from app.bench.crosscheck import crosscheck
     from app.bench.load import Load
-    from app.registry import Registry
+    from app.registry import open_registry
 
-    folder = tokenizer or Registry(_home(registry)).servable_path(model)
+    folder = tokenizer or open_registry(_home(registry)).servable_path(model)
     load = Load(concurrency, requests, None, 0, output_tokens, prompt_tokens=prompt_tokens)
     with console.status(f"{rounds} rounds of vllm bench serve and sparsegate bench, alternating"):
         r = crosscheck(url, model, str(folder), load, rounds)

@@ -1,6 +1,7 @@
 """`sparsegate models ...`: the registry from the command line."""
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +13,7 @@ from rich.table import Table
 from app.cli.envs import run_in
 from app.config import Settings
 from app.errors import Interrupted
-from app.registry import Registry, Stage, Variant
+from app.registry import Registry, Stage, Variant, open_registry
 
 models_app = typer.Typer(help="The model registry: list, show, import, promote, retire, remove.")
 # Tables stay readable in logs and pipes, where rich would otherwise assume 80 columns.
@@ -30,7 +31,7 @@ def _home(registry: Path | None) -> Path:
 
 
 def _open(registry: Path | None) -> Registry:
-    return Registry(_home(registry))
+    return open_registry(_home(registry))
 
 
 def _size(n: float) -> str:
@@ -57,11 +58,12 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts")] = False,
 ) -> None:
     """List every variant."""
-    variants = _open(registry).variants()
+    reg = _open(registry)
+    variants = reg.variants()
     if as_json:
         typer.echo(json.dumps([v.model_dump(mode="json") for v in variants], indent=2))
         return
-    table = Table(title=f"Registry {_home(registry)}")
+    table = Table(title=f"Registry {reg.describe()}")
     for col in ("name", "stage", "base", "parent", "params", "on disk", "sparsity", "vocab",
                 "quality"):  # fmt: skip
         table.add_column(
@@ -86,15 +88,38 @@ def list_(
 
 @models_app.command()
 def show(name: NameArg, registry: RegistryOpt = None) -> None:
-    """Show one variant's full record (JSON)."""
-    variant = _open(registry).get(name)
-    typer.echo(variant.model_dump_json(indent=2))
+    """Show one variant's full record (JSON), and any of its files the store lacks."""
+    reg = _open(registry)
+    record = reg.get(name).model_dump(mode="json")
+    if missing := reg.missing_files(name):
+        record["missing_files"] = missing
+        typer.echo(
+            f"{name}: {len(missing)} of its files are missing from {reg.describe()}: "
+            f"{', '.join(missing[:5])}",
+            err=True,
+        )
+    typer.echo(json.dumps(record, indent=2))
 
 
 @models_app.command()
-def path(name: NameArg, registry: RegistryOpt = None) -> None:
-    """Print a folder an engine can load (expanding sparse-at-rest weights, bit-exact)."""
-    typer.echo(_open(registry).servable_path(name))
+def path(
+    name: NameArg,
+    registry: RegistryOpt = None,
+    link: Annotated[
+        Path | None,
+        typer.Option(help="Also point this symlink at it (a fixed path for an engine's args)"),
+    ] = None,
+) -> None:
+    """Print a folder an engine can load (fetched from the shared store into the local cache
+    and verified; sparse-at-rest weights expanded, bit-exact)."""
+    folder = _open(registry).servable_path(name).resolve()
+    if link is not None:
+        link.parent.mkdir(parents=True, exist_ok=True)
+        tmp = link.with_name(f".{link.name}.{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(folder)
+        tmp.replace(link)  # atomic: a reader sees the old target or the new one
+    typer.echo(folder)
 
 
 @models_app.command()
@@ -128,6 +153,25 @@ def remove(
     """Delete a variant's record and files."""
     _open(registry).remove(name, force=force)
     console.print(f"{name} removed")
+
+
+@models_app.command()
+def migrate(
+    from_home: Annotated[
+        Path, typer.Option("--from", help="An embedded registry folder to copy from")
+    ],
+    registry: RegistryOpt = None,
+) -> None:
+    """Copy every variant of an embedded registry into the configured one (e.g. the shared
+    back end named by SPARSEGATE_REGISTRY_URL and SPARSEGATE_ARTIFACTS). Safe to re-run."""
+    from app.registry.embedded import EmbeddedRegistry
+
+    target = open_registry(_home(registry), create=True)
+    copied = target.copy_from(EmbeddedRegistry(from_home))
+    console.print(
+        f"copied {len(copied)} variant(s) into {target.describe()}"
+        + (f": {', '.join(copied)}" if copied else " (all were there)")
+    )
 
 
 @models_app.command("import")

@@ -79,8 +79,10 @@ def serve(
 
 def _registry_if_any(registry: Path | None) -> Path | None:
     """The registry for the facts gauges, when there is one; url-only deployments need none."""
+    from app.registry import registry_exists
+
     home = _home(registry)
-    return home.resolve() if (home / "registry.db").exists() else None
+    return home.resolve() if registry_exists(home) else None
 
 
 def engine(

@@ -144,11 +144,11 @@ def resolve_production(deployment: Deployment, registry_home: Path | None) -> De
     pending = {a: c for a, c in deployment.aliases.items() if c.production_of}
     if not pending:
         return deployment
-    if registry_home is None or not (registry_home / "registry.db").exists():
-        raise SparsegateError(f"aliases {sorted(pending)} use production_of: give --registry")
-    from app.registry.store import Registry  # sqlite only: no torch in the gateway
+    from app.registry import open_registry, registry_exists  # no torch in the gateway
 
-    registry = Registry(registry_home)
+    if not registry_exists(registry_home):
+        raise SparsegateError(f"aliases {sorted(pending)} use production_of: give --registry")
+    registry = open_registry(registry_home)
     try:
         served = {v.registry_name or n: n for n, v in deployment.variants.items()}
         aliases = dict(deployment.aliases)

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from app.job.recipe import Recipe
-from app.registry import Registry, Variant
+from app.registry import Variant, open_registry
 
 PRUNING = [
     ("50%", {"sparsity": 0.5}),
@@ -63,7 +63,7 @@ def recipes(base: str, quick: bool) -> dict[str, tuple[str, Recipe]]:
 def run(base: str, home: Path, quick: bool, out: Path, console: Console) -> list[dict]:
     from app.job.compress import compress
 
-    registry = Registry(home)
+    registry = open_registry(home)
     dense = registry.get(base)
     results = []
     for name, (parent, recipe) in recipes(base, quick).items():

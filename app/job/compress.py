@@ -10,7 +10,7 @@ from rich.console import Console
 
 from app.errors import SparsegateError
 from app.job.recipe import PruneMethod, QuantScheme, Recipe
-from app.registry import Registry, Variant
+from app.registry import Variant, open_registry
 
 EVAL_WINDOWS = 16
 console_err = Console(stderr=True)
@@ -43,7 +43,7 @@ def compress(
 
     transformers.logging.set_verbosity_error()
 
-    registry = Registry(home)
+    registry = open_registry(home)
     parent = registry.get(base)
     if parent.recipe.get("quant", "none") != "none":
         raise SparsegateError(f"{base} is quantized; compress its unquantized parent instead")

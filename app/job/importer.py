@@ -6,7 +6,7 @@ from pathlib import Path
 from rich.console import Console
 
 from app.errors import SparsegateError
-from app.registry import Registry, Stage, Variant
+from app.registry import Stage, Variant, open_registry
 
 # bf16 keeps 8 significant bits: rounding each weight moves it by at most 2^-9 (0.2%) and
 # the logits of Gemma 3 270M by 0.35% (relative L2 over 18 layers, measured). A conversion
@@ -45,7 +45,7 @@ def import_model(
 
     source = sources.resolve(spec)
     name = name or source.default_name
-    registry = Registry(home, create=True)
+    registry = open_registry(home, create=True)
     if exist_ok and (existing := registry.find(name)) is not None:
         console.print(f"{name} is already registered; nothing to do")
         return existing

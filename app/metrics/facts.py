@@ -22,11 +22,11 @@ class VariantFacts:
 
 def load_facts(registry_home: Path | None, names: dict[str, str]) -> dict[str, VariantFacts]:
     """names: gateway variant -> registry name. Variants not in the registry are left out."""
-    if registry_home is None or not (registry_home / "registry.db").exists():
-        return {}
-    from app.registry.store import Registry  # sqlite only: no torch in the gateway
+    from app.registry import open_registry, registry_exists  # no torch in the gateway
 
-    registry = Registry(registry_home)
+    if not registry_exists(registry_home):
+        return {}
+    registry = open_registry(registry_home)
     try:
         out = {}
         for variant, reg_name in names.items():

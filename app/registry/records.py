@@ -31,6 +31,8 @@ class Variant(BaseModel):
     sparsity: float = 0.0  # measured fraction of zeros in the prunable weights
     quality: dict[str, Any] = Field(default_factory=dict)  # perplexity, fidelity, ratios...
     stage: Stage = Stage.candidate
+    # Shared back end: where the files live in the object store (under its prefix).
+    location: str | None = None
     created_at: datetime
     updated_at: datetime
 

@@ -1,23 +1,22 @@
-"""The model registry: an SQLite database plus one folder per variant under `home`.
+"""The registry's interface and the logic both back ends share.
 
-Atomicity: a job writes its variant into a draft folder under `.staging/`; `publish`
-moves it into place and inserts the record inside one write transaction, so another
-process sees either nothing or a complete, hashed variant. Interrupted jobs leave only
-drafts (or marked folders) that the next writer collects.
+A back end keeps the records (a SQL database) and the files (a folder or an object store);
+`Registry` holds what does not depend on which: lineage and stage rules, the quality gate,
+sparse-at-rest expansion into the local folder `home`, and the rules of a draft.
+SQL here is written once with `?` placeholders; each back end's `_Tx` runs it.
 """
 
-import fcntl
 import json
 import os
 import shutil
 import socket
-import sqlite3
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from app.errors import SparsegateError
 from app.registry.files import INCOMPLETE_MARKER, make_readable, manifest
@@ -26,33 +25,20 @@ from app.registry.records import FileEntry, Stage, Variant
 from app.registry.sparse_store import SUFFIX as SPARSE_SUFFIX
 from app.registry.sparse_store import expand
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS variants (
-    name          TEXT PRIMARY KEY,
-    base          TEXT NOT NULL,
-    parent        TEXT REFERENCES variants(name),
-    source        TEXT NOT NULL DEFAULT '',
-    recipe        TEXT NOT NULL DEFAULT '{}',
-    files         TEXT NOT NULL DEFAULT '[]',
-    bytes_on_disk INTEGER NOT NULL,
-    param_count   INTEGER NOT NULL,
-    sparsity      REAL NOT NULL,
-    quality       TEXT NOT NULL DEFAULT '{}',
-    stage         TEXT NOT NULL CHECK (stage IN ('candidate', 'production', 'retired')),
-    created_at    TEXT NOT NULL,
-    updated_at    TEXT NOT NULL
+STAGING = ".staging"
+EXPANDED = ".expanded"
+HOST = socket.gethostname()
+COLUMNS = (
+    "name, base, parent, source, recipe, files, bytes_on_disk, param_count, sparsity, "
+    "quality, stage, created_at, updated_at"
 )
-"""
-_STAGING = ".staging"
-_EXPANDED = ".expanded"
-_HOST = socket.gethostname()
 
 
-def _now() -> str:
+def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -62,12 +48,35 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _row_to_variant(row: sqlite3.Row) -> Variant:
+def row_to_variant(row: Any) -> Variant:
     data = dict(row)
     for key in ("recipe", "quality"):
         data[key] = json.loads(data[key])
     data["files"] = [FileEntry(**f) for f in json.loads(data["files"])]
     return Variant(**data)
+
+
+def variant_row(variant: Variant) -> tuple:
+    """The values of `COLUMNS`, in order."""
+    return (
+        variant.name,
+        variant.base,
+        variant.parent,
+        variant.source,
+        json.dumps(variant.recipe),
+        json.dumps([f.model_dump() for f in variant.files]),
+        variant.bytes_on_disk,
+        variant.param_count,
+        variant.sparsity,
+        json.dumps(variant.quality),
+        variant.stage.value,
+        variant.created_at.isoformat(),
+        variant.updated_at.isoformat(),
+    )
+
+
+class Tx(Protocol):
+    def execute(self, sql: str, params: tuple | list = ()) -> list[Any]: ...
 
 
 class Draft:
@@ -90,10 +99,11 @@ class Draft:
         sparsity: float = 0.0,
         quality: dict[str, Any] | None = None,
         stage: Stage = Stage.candidate,
+        created_at: str | None = None,
     ) -> Variant:
         make_readable(self.path)
         files = manifest(self.path)
-        now = _now()
+        stamp = now()
         variant = Variant(
             name=self.name,
             base=base or self.name,
@@ -106,60 +116,66 @@ class Draft:
             sparsity=sparsity,
             quality=quality or {},
             stage=stage,
-            created_at=now,
-            updated_at=now,
+            created_at=created_at or stamp,
+            updated_at=stamp,
         )
         self.published = self.registry._publish(self, variant)
         return self.published
 
 
-@contextmanager
-def _setup_lock(home: Path) -> Iterator[None]:
-    """An exclusive lock on the registry's folder itself (no extra file to leave behind)."""
-    fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
+class Registry(ABC):
+    """Records plus files. `home` is a local folder: the embedded back end keeps everything
+    there; the shared one keeps there only job drafts and its cache of fetched variants."""
 
+    home: Path
 
-class Registry:
-    def __init__(self, home: Path, *, create: bool = False) -> None:
-        self.home = Path(home)
-        self.db_path = self.home / "registry.db"
-        if not self.db_path.exists():
-            if not create:
-                raise SparsegateError(
-                    f"no registry at {self.home}/ (registry.db missing): import a model first "
-                    "(sparsegate models import gemma-3-270m) or set SPARSEGATE_HOME / --registry "
-                    "to an existing one"
-                )
-            self.home.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA busy_timeout = 60000")
-        self._db.execute("PRAGMA foreign_keys = ON")
-        # Switching to WAL and creating the schema take locks that SQLite may refuse at once
-        # ("database is locked") without waiting on busy_timeout when several processes open a
-        # new registry together; a file lock makes that first set-up one process at a time.
-        with _setup_lock(self.home):
-            if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute(_SCHEMA)
+    # -- what a back end provides -----------------------------------------------------
+
+    @abstractmethod
+    def _read(self, sql: str, params: tuple | list = ()) -> list[Any]:
+        """Rows of a query outside any write transaction."""
+
+    @abstractmethod
+    def _write(self) -> AbstractContextManager[Tx]:
+        """A write transaction, serialized against every other writer of the registry."""
+
+    @abstractmethod
+    def _publish(self, draft: Draft, variant: Variant) -> Variant:
+        """Make the draft's files and the record appear together, or neither."""
+
+    @abstractmethod
+    def files_folder(self, variant: Variant) -> tuple[Path, str]:
+        """A local folder holding the variant's files as registered, and a key naming that
+        copy (for the expansion cache)."""
+
+    @abstractmethod
+    def missing_files(self, name: str) -> list[str]:
+        """Files of the record that its store does not hold (empty when complete)."""
+
+    @abstractmethod
+    def _delete_files(self, variant: Variant) -> None:
+        """After the record is gone: delete the variant's files."""
+
+    @abstractmethod
+    def _collect_files(self) -> list[str]:
+        """Delete files that no record and no live writer vouches for; what was removed."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the records and files live, for messages (never a secret)."""
 
     def close(self) -> None:
-        self._db.close()
+        return None
 
     # -- reading ---------------------------------------------------------------------
 
     def variants(self) -> list[Variant]:
-        rows = self._db.execute("SELECT * FROM variants ORDER BY base, created_at, name")
-        return [_row_to_variant(r) for r in rows]
+        rows = self._read("SELECT * FROM variants ORDER BY base, created_at, name")
+        return [row_to_variant(r) for r in rows]
 
     def find(self, name: str) -> Variant | None:
-        row = self._db.execute("SELECT * FROM variants WHERE name = ?", (name,)).fetchone()
-        return _row_to_variant(row) if row else None
+        rows = self._read("SELECT * FROM variants WHERE name = ?", (name,))
+        return row_to_variant(rows[0]) if rows else None
 
     def get(self, name: str) -> Variant:
         variant = self.find(name)
@@ -168,21 +184,18 @@ class Registry:
             raise SparsegateError(f"unknown variant {name!r} (registered: {known})")
         return variant
 
-    def path_of(self, name: str) -> Path:
-        return self.home / validate_name(name)
-
     def servable_path(self, name: str) -> Path:
-        """A folder an engine can load: the variant's own, or its sparse files expanded.
+        """A local folder an engine can load: the variant's files, sparse ones expanded.
 
         Expansion is cached under `.expanded/` and written atomically (temp folder, rename)."""
-        folder = self.path_of(self.get(name).name)
+        folder, key = self.files_folder(self.get(name))
         sparse = sorted(folder.glob(f"*{SPARSE_SUFFIX}"))
         if not sparse:
             return folder
-        target = self.home / _EXPANDED / name
+        target = self.home / EXPANDED / key
         if target.exists():
             return target
-        tmp = self.home / _EXPANDED / f"{name}@{_HOST}@{os.getpid()}@{uuid.uuid4().hex[:8]}"
+        tmp = self.home / EXPANDED / f"{key}@{HOST}@{os.getpid()}@{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         try:
             for f in folder.iterdir():
@@ -202,24 +215,13 @@ class Registry:
     # -- writing ---------------------------------------------------------------------
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        # IMMEDIATE takes the write lock up front, so the checks made inside hold until commit.
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-
-    @contextmanager
     def draft(self, name: str) -> Iterator[Draft]:
-        """A staging folder for a new variant; discarded unless `publish()` was called."""
+        """A local staging folder for a new variant; discarded unless `publish()` was called."""
         validate_name(name)
         self.collect_garbage()
         self._check_free(name)
         # name@host@pid@nonce: lets the collector tell a live job's draft from a dead one's.
-        path = self.home / _STAGING / f"{name}@{_HOST}@{os.getpid()}@{uuid.uuid4().hex[:8]}"
+        path = self.home / STAGING / f"{name}@{HOST}@{os.getpid()}@{uuid.uuid4().hex[:8]}"
         path.mkdir(parents=True)
         (path / INCOMPLETE_MARKER).touch()
         draft = Draft(self, name, path)
@@ -229,54 +231,33 @@ class Registry:
             if draft.published is None:
                 shutil.rmtree(path, ignore_errors=True)
 
-    def _check_free(self, name: str) -> None:
-        if self.find(name) is not None:
+    def _check_free(self, name: str, tx: Tx | None = None) -> None:
+        query = tx.execute if tx is not None else self._read
+        if query("SELECT name FROM variants WHERE name = ?", (name,)):
             raise SparsegateError(f"variant {name!r} already exists; pick another --name")
-        if self.path_of(name).exists():
-            raise SparsegateError(
-                f"{self.path_of(name)} exists but is not registered; move it away"
-            )
 
-    def _publish(self, draft: Draft, variant: Variant) -> Variant:
-        final = self.path_of(draft.name)
-        with self._write() as db:
-            self._check_free(draft.name)
-            if variant.parent is not None and self.find(variant.parent) is None:
-                raise SparsegateError(f"parent variant {variant.parent!r} is not registered")
-            os.rename(draft.path, final)
-            try:
-                db.execute(
-                    "INSERT INTO variants VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        variant.name,
-                        variant.base,
-                        variant.parent,
-                        variant.source,
-                        json.dumps(variant.recipe),
-                        json.dumps([f.model_dump() for f in variant.files]),
-                        variant.bytes_on_disk,
-                        variant.param_count,
-                        variant.sparsity,
-                        json.dumps(variant.quality),
-                        variant.stage.value,
-                        variant.created_at.isoformat(),
-                        variant.updated_at.isoformat(),
-                    ),
-                )
-            except BaseException:
-                os.rename(final, draft.path)
-                raise
-        # Committed: the record now vouches for the folder.
-        (final / INCOMPLETE_MARKER).unlink(missing_ok=True)
-        return variant
+    def _check_parent(self, tx: Tx, variant: Variant) -> None:
+        if variant.parent is not None and not tx.execute(
+            "SELECT name FROM variants WHERE name = ?", (variant.parent,)
+        ):
+            raise SparsegateError(f"parent variant {variant.parent!r} is not registered")
+
+    def _insert(self, tx: Tx, variant: Variant, **extra: str) -> None:
+        columns = COLUMNS + "".join(f", {k}" for k in extra)
+        values = variant_row(variant) + tuple(extra.values())
+        marks = ", ".join("?" for _ in values)
+        tx.execute(f"INSERT INTO variants ({columns}) VALUES ({marks})", values)
 
     def set_stage(
         self, name: str, stage: Stage, *, force: bool = False, quality_gate: float = 1.10
     ) -> list[str]:
         """Move a variant to `stage`; returns the names demoted from production by it."""
         demoted: list[str] = []
-        with self._write() as db:
-            variant = self.get(name)
+        with self._write() as tx:
+            rows = tx.execute("SELECT * FROM variants WHERE name = ?", (name,))
+            if not rows:
+                raise SparsegateError(f"unknown variant {name!r}")
+            variant = row_to_variant(rows[0])
             if stage is Stage.production:
                 # Bits per byte, the worse of in and out of domain: comparable across
                 # tokenizers, and a variant tuned to one domain cannot hide the other.
@@ -293,71 +274,114 @@ class Registry:
                             f"quality gate {quality_gate:.3f}; pass --force to promote it anyway"
                         )
                 # One production variant per base: the alias of a base resolves to it.
-                rows = db.execute(
+                rows = tx.execute(
                     "SELECT name FROM variants"
                     " WHERE base = ? AND stage = 'production' AND name != ?",
                     (variant.base, name),
-                ).fetchall()
-                demoted = [r["name"] for r in rows]
-                db.executemany(
-                    "UPDATE variants SET stage = 'candidate', updated_at = ? WHERE name = ?",
-                    [(_now(), d) for d in demoted],
                 )
-            db.execute(
+                demoted = [r["name"] for r in rows]
+                for d in demoted:
+                    tx.execute(
+                        "UPDATE variants SET stage = 'candidate', updated_at = ? WHERE name = ?",
+                        (now(), d),
+                    )
+            tx.execute(
                 "UPDATE variants SET stage = ?, updated_at = ? WHERE name = ?",
-                (stage.value, _now(), name),
+                (stage.value, now(), name),
             )
         return demoted
 
     def update_quality(self, name: str, figures: dict[str, Any]) -> Variant:
         """Merge `figures` into a variant's quality record (e.g. a new evaluation)."""
-        with self._write() as db:
-            variant = self.get(name)
+        with self._write() as tx:
+            rows = tx.execute("SELECT * FROM variants WHERE name = ?", (name,))
+            if not rows:
+                raise SparsegateError(f"unknown variant {name!r}")
+            variant = row_to_variant(rows[0])
             variant.quality.update(figures)
-            db.execute(
+            tx.execute(
                 "UPDATE variants SET quality = ?, updated_at = ? WHERE name = ?",
-                (json.dumps(variant.quality), _now(), name),
+                (json.dumps(variant.quality), now(), name),
             )
         return variant
 
     def remove(self, name: str, *, force: bool = False) -> None:
-        folder = self.path_of(name)
-        with self._write() as db:
-            variant = self.get(name)
-            children = [v.name for v in self.variants() if v.parent == name]
+        with self._write() as tx:
+            rows = tx.execute("SELECT * FROM variants WHERE name = ?", (name,))
+            if not rows:
+                raise SparsegateError(f"unknown variant {name!r}")
+            variant = row_to_variant(rows[0])
+            children = [
+                r["name"] for r in tx.execute("SELECT name FROM variants WHERE parent = ?", (name,))
+            ]
             if children:
                 raise SparsegateError(
                     f"{name} is the parent of {', '.join(children)}; remove those first"
                 )
             if variant.stage is Stage.production and not force:
                 raise SparsegateError(f"{name} is in production; retire it first or pass --force")
-            # Marked first: if we die after the commit, the folder is known garbage.
-            if folder.exists():
-                (folder / INCOMPLETE_MARKER).touch()
-            db.execute("DELETE FROM variants WHERE name = ?", (name,))
-        shutil.rmtree(folder, ignore_errors=True)
-        shutil.rmtree(self.home / _EXPANDED / name, ignore_errors=True)
+            self._before_delete(variant)
+            tx.execute("DELETE FROM variants WHERE name = ?", (name,))
+        self._delete_files(variant)
 
-    def collect_garbage(self) -> list[Path]:
-        """Delete what interrupted jobs left: drafts of dead processes, unbacked folders."""
-        removed: list[Path] = []
-        with self._write():
-            staging = self.home / _STAGING
-            for path in staging.iterdir() if staging.exists() else []:
-                parts = path.name.split("@")
-                if len(parts) == 4 and parts[1] == _HOST and parts[2].isdigit():
-                    if _pid_alive(int(parts[2])):
-                        continue
-                    shutil.rmtree(path, ignore_errors=True)
-                    removed.append(path)
-            for marker in self.home.glob(f"*/{INCOMPLETE_MARKER}"):
-                folder = marker.parent
-                if folder.parent != self.home or folder.name == _STAGING:
+    def copy_from(self, source: "Registry") -> list[str]:
+        """Copy every variant of `source` that this registry lacks (files as stored, record
+        as recorded: lineage, recipe, figures, stage); parents before children. Returns
+        the names copied. A name present in both must hold the same files."""
+        copied: list[str] = []
+        pending = source.variants()
+        done = {v.name for v in self.variants()}
+        while pending:
+            ready = [v for v in pending if v.parent is None or v.parent in done]
+            if not ready:
+                raise SparsegateError(
+                    f"{', '.join(v.name for v in pending)}: parents missing from the source"
+                )
+            for v in ready:
+                pending.remove(v)
+                mine = self.find(v.name)
+                if mine is not None:
+                    if {(f.path, f.sha256) for f in mine.files} != {
+                        (f.path, f.sha256) for f in v.files
+                    }:
+                        raise SparsegateError(
+                            f"{v.name} exists in both registries with other files; "
+                            "remove or rename one"
+                        )
+                    done.add(v.name)
                     continue
-                if self.find(folder.name) is None:
-                    shutil.rmtree(folder, ignore_errors=True)
-                    removed.append(folder)
-                else:
-                    with suppress(FileNotFoundError):
-                        marker.unlink()
-        return removed
+                folder, _ = source.files_folder(v)
+                with self.draft(v.name) as draft:
+                    for f in v.files:
+                        (draft.path / f.path).parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(folder / f.path, draft.path / f.path)
+                    published = draft.publish(
+                        base=v.base, parent=v.parent, source=v.source, recipe=v.recipe,
+                        param_count=v.param_count, sparsity=v.sparsity, quality=v.quality,
+                        stage=v.stage, created_at=v.created_at.isoformat(),
+                    )  # fmt: skip
+                if {(f.path, f.sha256) for f in published.files} != {
+                    (f.path, f.sha256) for f in v.files
+                }:
+                    raise SparsegateError(f"{v.name}: copied files differ from the source's")
+                done.add(v.name)
+                copied.append(v.name)
+        return copied
+
+    def _before_delete(self, variant: Variant) -> None:
+        """Inside the deleting transaction, before the record goes (mark files as garbage)."""
+        return None
+
+    def collect_garbage(self) -> list[str]:
+        """Delete what interrupted jobs left: this host's drafts of dead processes, and
+        files that no record and no live writer vouches for."""
+        removed: list[str] = []
+        staging = self.home / STAGING
+        for path in staging.iterdir() if staging.exists() else []:
+            parts = path.name.split("@")
+            if len(parts) == 4 and parts[1] == HOST and parts[2].isdigit():
+                if pid_alive(int(parts[2])):
+                    continue
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(str(path))
+        return removed + self._collect_files()

@@ -1,0 +1,125 @@
+"""Records in PostgreSQL (psycopg 3): connection, schema and the serialized write transaction."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from app.errors import SparsegateError
+
+# Every write transaction takes this advisory lock first: writers run one at a time, as
+# with SQLite's BEGIN IMMEDIATE, so a check made inside one holds until its commit.
+# Registry writes are rare (a job's publish, a promote): the simplicity is worth it.
+_WRITE_LOCK = 0x5_9A25_6A7E
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS variants (
+    name          TEXT PRIMARY KEY,
+    base          TEXT NOT NULL,
+    parent        TEXT REFERENCES variants(name),
+    source        TEXT NOT NULL DEFAULT '',
+    recipe        TEXT NOT NULL DEFAULT '{}',
+    files         TEXT NOT NULL DEFAULT '[]',
+    bytes_on_disk BIGINT NOT NULL,
+    param_count   BIGINT NOT NULL,
+    sparsity      DOUBLE PRECISION NOT NULL,
+    quality       TEXT NOT NULL DEFAULT '{}',
+    stage         TEXT NOT NULL CHECK (stage IN ('candidate', 'production', 'retired')),
+    created_at    TEXT NOT NULL,
+    updated_at    TEXT NOT NULL,
+    location      TEXT NOT NULL
+);
+-- Uploads in progress: files under `variants/<name>/<upload_id>/` with no record yet.
+-- Any host collects those whose lease expired (their writer died).
+CREATE TABLE IF NOT EXISTS drafts (
+    upload_id     TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    holder        TEXT NOT NULL,
+    expires_at    TIMESTAMPTZ NOT NULL
+);
+"""
+
+
+def where(url: str) -> str:
+    """host:port/dbname of a DSN, without user or password (for messages)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        info = conninfo_to_dict(url)
+    except Exception:
+        return "the configured database (SPARSEGATE_REGISTRY_URL does not parse)"
+    host = info.get("host") or "localhost"
+    return f"{host}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
+
+
+def _scrub(message: str, url: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        password = conninfo_to_dict(url).get("password")
+    except Exception:
+        password = None
+    text = " ".join(str(message).split())
+    return text.replace(str(password), "***") if password else text
+
+
+class _PgTx:
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: tuple | list = ()) -> list[Any]:
+        cur = self._conn.execute(sql.replace("?", "%s"), params or None)
+        return cur.fetchall() if cur.description else []
+
+
+class Database:
+    def __init__(self, url: str, *, create: bool) -> None:
+        import psycopg
+        from psycopg.rows import dict_row
+
+        self.url = url
+        self.where = where(url)
+        try:
+            self._conn = psycopg.connect(
+                url, autocommit=True, row_factory=dict_row, connect_timeout=5
+            )
+        except psycopg.Error as e:
+            raise SparsegateError(
+                f"cannot open the registry database at {self.where}: {_scrub(str(e), url)}"
+            ) from None
+        exists = self.read("SELECT to_regclass('variants') IS NOT NULL AS ok")[0]["ok"]
+        if not exists and not create:
+            raise SparsegateError(
+                f"no registry in the database at {self.where}: import a model first "
+                "(sparsegate models import gemma-3-270m)"
+            )
+        with self.write() as tx:
+            tx.execute(SCHEMA)
+
+    def read(self, sql: str, params: tuple | list = ()) -> list[Any]:
+        import psycopg
+
+        try:
+            return _PgTx(self._conn).execute(sql, params)
+        except psycopg.OperationalError as e:
+            raise SparsegateError(
+                f"lost the registry database at {self.where}: {_scrub(str(e), self.url)}"
+            ) from None
+
+    @contextmanager
+    def write(self) -> Iterator[_PgTx]:
+        import psycopg
+
+        try:
+            with self._conn.transaction():
+                tx = _PgTx(self._conn)
+                tx.execute("SELECT pg_advisory_xact_lock(?)", (_WRITE_LOCK,))
+                yield tx
+        except psycopg.errors.UniqueViolation as e:
+            raise SparsegateError(f"already exists: {_scrub(str(e), self.url)}") from None
+        except psycopg.OperationalError as e:
+            raise SparsegateError(
+                f"lost the registry database at {self.where}: {_scrub(str(e), self.url)}"
+            ) from None
+
+    def close(self) -> None:
+        self._conn.close()

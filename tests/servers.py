@@ -1,0 +1,196 @@
+"""Real servers for the shared registry's tests: Debian's PostgreSQL and SeaweedFS's S3.
+
+Each runs in its own process group under a temporary folder and is stopped by that group.
+PostgreSQL refuses to run as root: under root the server runs as the `postgres` user.
+"""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+STARTUP_S = 120
+
+
+def _port_pair() -> int:
+    """A port p with p and p + 10000 free (SeaweedFS puts gRPC at +10000 by default)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair")
+
+
+def _wait(proc: subprocess.Popen, ready, what: str, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_S
+    while not ready():
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not ready after {STARTUP_S} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
+def _stop(proc: subprocess.Popen, sig: int, grace_s: float = 30) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def pg_bindir() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    if initdb is None:
+        raise RuntimeError(
+            "the PostgreSQL server is not installed (apt-get install postgresql; "
+            "`make system-deps` does it)"
+        )
+    return Path(initdb).resolve().parent
+
+
+class Postgres:
+    user, password = "sparsegate", "pw-" + uuid.uuid4().hex[:12]
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="sparsegate-pg-"))
+        self.root.chmod(0o755)
+        bindir = pg_bindir()
+        as_user: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres")
+            as_user = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
+        pwfile = self.root / "pw"
+        pwfile.write_text(self.password)
+        if as_user:
+            shutil.chown(pwfile, "postgres")
+        self.log = self.root / "log"
+        with self.log.open("w") as log:
+            subprocess.run(
+                [*as_user, bindir / "initdb", "-D", self.root / "data", "-U", self.user,
+                 "-A", "scram-sha-256", f"--pwfile={pwfile}", "--no-sync"],
+                stdout=log, stderr=subprocess.STDOUT, check=True,
+            )  # fmt: skip
+            self.port = _port_pair()
+            self.proc = subprocess.Popen(
+                [*as_user, bindir / "postgres", "-D", self.root / "data", "-p", str(self.port),
+                 "-k", self.root, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        _wait(self.proc, self._ready, "postgres", self.log)
+
+    def url(self, dbname: str = "postgres", password: str | None = None) -> str:
+        return (
+            f"postgresql://{self.user}:{password or self.password}@127.0.0.1:{self.port}/{dbname}"
+        )
+
+    def _ready(self) -> bool:
+        import psycopg
+
+        try:
+            psycopg.connect(self.url(), connect_timeout=2).close()
+        except psycopg.OperationalError:
+            return False
+        return True
+
+    def new_database(self) -> str:
+        import psycopg
+
+        name = "t_" + uuid.uuid4().hex[:12]
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return name
+
+    def stop(self) -> None:
+        _stop(self.proc, signal.SIGINT)  # "fast" shutdown
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class SeaweedS3:
+    access_key, secret_key = "sparsegate", "sk-" + uuid.uuid4().hex[:16]
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="sparsegate-s3-"))
+        (self.root / "data").mkdir()
+        identities = {
+            "identities": [
+                {
+                    "name": "sparsegate",
+                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        (self.root / "s3.json").write_text(json.dumps(identities))
+        ports = {k: _port_pair() for k in ("master", "volume", "filer", "s3")}
+        self.endpoint = f"http://127.0.0.1:{ports['s3']}"
+        weed = Path(sys.prefix) / "bin" / "weed"
+        self.log = self.root / "log"
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(
+                [weed, "server", f"-dir={self.root / 'data'}", "-ip=127.0.0.1",
+                 "-ip.bind=127.0.0.1", f"-master.port={ports['master']}",
+                 f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
+                 "-s3", f"-s3.port={ports['s3']}", f"-s3.config={self.root / 's3.json'}",
+                 "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=64",
+                 "-volume.max=50"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        _wait(self.proc, self._ready, "seaweedfs", self.log)
+
+    def env(self, secret: str | None = None) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": secret or self.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name="us-east-1",
+        )
+
+    def _ready(self) -> bool:
+        # Ready once a bucket can be written (the S3 port opens before the volumes do).
+        try:
+            client = self.client()
+            client.create_bucket(Bucket="ready-check")
+            client.put_object(Bucket="ready-check", Key="k", Body=b"x")
+        except Exception:
+            return False
+        return True
+
+    def stop(self) -> None:
+        _stop(self.proc, signal.SIGTERM, grace_s=10)
+        shutil.rmtree(self.root, ignore_errors=True)
