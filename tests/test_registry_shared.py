@@ -280,3 +280,25 @@ def test_engine_hosts_fetch_and_expand_sparse_variants_behind_a_fixed_link(
     local = copied.servable_path("tiny-p")  # the same variant expanded from the embedded one
     for f in local.iterdir():
         assert sha256_file(link / f.name) == sha256_file(f)
+
+
+def test_import_and_compress_jobs_publish_into_the_shared_registry(
+    tiny_model_dir, tmp_path, shared
+):
+    """The offline job (its own environment) on one host, the variants read on another."""
+    job_host, other = tmp_path / "job-host", tmp_path / "other-host"
+    proc = run_cli("models", "import", str(tiny_model_dir), "--name", "tiny", registry=job_host)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli(
+        "compress", "tiny", "--prune", "magnitude", "--sparsity", "0.5", "--name", "tiny-p",
+        "--calibration-samples", "4", "--eval-windows", "2", registry=job_host,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    reg = open_registry(other, create=True)
+    pruned = reg.get("tiny-p")
+    assert pruned.parent == "tiny" and pruned.location.startswith("variants/tiny-p/")
+    assert any(f.path.endswith(".sparse.safetensors") for f in pruned.files)
+    assert reg.missing_files("tiny-p") == []
+    listed = run_cli("models", "list", registry=other)
+    assert listed.returncode == 0 and "PostgreSQL at 127.0.0.1" in listed.stdout
+    assert "tiny-p" in listed.stdout
