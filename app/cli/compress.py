@@ -26,8 +26,27 @@ def compress(
         Path | None, typer.Option(help="Text file for calibration [default: built-in text]")
     ] = None,
     eval_windows: Annotated[int, typer.Option(min=1, help="Held-out windows")] = 16,
-    recover: Annotated[str, typer.Option(help="none, or lora (fine-tune after pruning)")] = "none",
-    steps: Annotated[int, typer.Option(help="LoRA steps per recovery")] = 100,
+    recover: Annotated[
+        str,
+        typer.Option(help="none; lora (LoRA, language-model loss); kd (distil from a teacher)"),
+    ] = "none",
+    steps: Annotated[int, typer.Option(help="Training steps per recovery")] = 100,
+    teacher: Annotated[
+        str | None, typer.Option(help="kd: registered teacher [default: the dense base]")
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="kd: learning rate [default: 5e-5]")] = None,
+    batch: Annotated[int, typer.Option(help="kd: windows per step")] = 4,
+    seed: Annotated[int, typer.Option(help="kd: seed of the windows' order")] = 0,
+    temperature: Annotated[float, typer.Option(help="kd: softmax temperature of the KL")] = 1.0,
+    ce_weight: Annotated[
+        float, typer.Option(help="kd: weight of the next-token cross-entropy added to the KL")
+    ] = 0.0,
+    feature_weight: Annotated[
+        float, typer.Option(help="kd: weight of the per-layer feature loss (SquareHead)")
+    ] = 0.0,
+    teacher_text: Annotated[
+        int, typer.Option(help="kd: windows of teacher-generated text to train on as well")
+    ] = 0,
     schedule: Annotated[
         str | None, typer.Option(help="Iterative sparsities, e.g. 0.3,0.5 (prune, recover, ...)")
     ] = None,
@@ -52,6 +71,14 @@ def compress(
         calibration_data=calibration_data,
         recover=recover,
         steps=steps,
+        teacher=teacher,
+        lr=lr,
+        batch=batch,
+        seed=seed,
+        temperature=temperature,
+        ce_weight=ce_weight,
+        feature_weight=feature_weight,
+        teacher_text=teacher_text,
         schedule=_floats(schedule) if schedule else None,
         trim_vocab=trim_vocab,
         vocab_corpus=vocab_corpus,

@@ -30,6 +30,7 @@ def compress(
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from app.job.distill import token_map
     from app.job.evaluate import nm_pattern_holds
     from app.job.progress import Steps
     from app.job.pruning import PRUNERS
@@ -49,6 +50,9 @@ def compress(
         raise SparsegateError(f"{base} is quantized; compress its unquantized parent instead")
     if recipe.trim_vocab and parent.quality.get("vocab"):
         raise SparsegateError(f"{base} is already vocabulary-trimmed; trim its parent instead")
+    teacher_name = (recipe.teacher or parent.base) if recipe.recover == "kd" else None
+    if teacher_name is not None:
+        registry.get(teacher_name)  # an unknown teacher is refused before any work
     name = name or recipe.default_name(base)
     timings: dict[str, float] = {}
     evaluation = Evaluation(registry, eval_windows)
@@ -63,6 +67,11 @@ def compress(
                 read_calibration_file(recipe.calibration_data) if recipe.calibration_data else None
             )
             corpus = _vocab_corpus(recipe, tokenizer, model) if recipe.trim_vocab else None
+        teacher = None
+        if teacher_name is not None:
+            with steps.step(f"Loading the teacher {teacher_name}"):
+                teacher = _load(registry, teacher_name)
+                token_map(tokenizer, teacher[1])  # another tokenizer is refused now
         # Parent and dense base are scored on the same spans as the variant (cached in
         # their records); the ratios to dense never mix evaluation sets.
         parent_scores = evaluation.reference(parent.name, model, tokenizer, steps)
@@ -84,15 +93,26 @@ def compress(
             raise SparsegateError(f"not enough text: {e}") from e
         recoveries: list[dict] = []
         before_recovery = None
-        if recipe.prune is PruneMethod.none and recipe.recover == "lora":
-            # Fine-tuning the dense model alone: the control that tells recovery apart from
-            # what any fine-tuning on this text buys.
+
+        def recover(model: Any, target: float, label: str) -> Any:
+            if recipe.recover == "lora":
+                with steps.step(f"LoRA {label}", total=recipe.steps) as advance:
+                    model, recovery = lora_recover(
+                        model, calib, recipe.steps, keep_mask=target > 0 and not recipe.structured,
+                        on_step=advance,
+                    )  # fmt: skip
+                recoveries.append({"method": "lora", "sparsity": target, **recovery.as_dict()})
+                return model
+            assert teacher is not None
+            report = _distil(model, tokenizer, teacher, calib, recipe, target, label, steps)
+            recoveries.append({"method": "kd", "sparsity": target, **report})
+            return model
+
+        if recipe.prune is PruneMethod.none and recipe.recover != "none":
+            # LoRA on the dense model alone is the control that tells recovery apart from
+            # what any fine-tuning on this text buys; KD here recovers a trimmed vocabulary.
             before_recovery = evaluation.score(model, tokenizer, steps, "before recovery")
-            with steps.step("LoRA fine-tuning (dense)", total=recipe.steps) as advance:
-                model, recovery = lora_recover(
-                    model, calib, recipe.steps, keep_mask=False, on_step=advance
-                )
-            recoveries.append({"sparsity": 0.0, **recovery.as_dict()})
+            model = recover(model, 0.0, "fine-tuning (dense)")
         for stage, target in enumerate(recipe.schedule or [recipe.sparsity]):
             if recipe.prune is PruneMethod.none:
                 break
@@ -107,15 +127,10 @@ def compress(
                         _oneshot(model, pruner.modifiers(), calib, recipe.seq_len)
                     else:
                         pruner.apply(model)
-            if recipe.recover == "lora":
+            if recipe.recover != "none":
                 if stage == 0 or recipe.schedule is None:
                     before_recovery = evaluation.score(model, tokenizer, steps, "before recovery")
-                with steps.step(f"LoRA recovery ({target:.0%})", total=recipe.steps) as advance:
-                    model, recovery = lora_recover(
-                        model, calib, recipe.steps, keep_mask=not recipe.structured,
-                        on_step=advance,
-                    )  # fmt: skip
-                recoveries.append({"sparsity": target, **recovery.as_dict()})
+                model = recover(model, target, f"recovery ({target:.0%})")
         # Quantization comes last (after pruning here or in a parent, after recovery) and
         # must keep the zeros: GPTQ's error feedback would write into pruned positions.
         masks = {n: m.weight != 0 for n, m in prunable_linears(model).items()}
@@ -193,6 +208,70 @@ def compress(
             },
         )
     return variant
+
+
+def _load(registry: Any, name: str) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = registry.servable_path(name)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(folder)
+
+
+def _distil(
+    model: Any, tokenizer: Any, teacher: tuple[Any, Any], calib: list[list[int]],
+    recipe: Recipe, target: float, label: str, steps: Any,
+) -> dict:  # fmt: skip
+    from app.job.distill import KDSettings, kd_recover, token_map
+
+    t_model, t_tokenizer = teacher
+    vocab_map = token_map(tokenizer, t_tokenizer)
+    windows = list(calib)
+    if recipe.teacher_text:
+        with steps.step("Generating teacher text", total=recipe.teacher_text) as advance:
+            windows += _teacher_windows(teacher, tokenizer, calib, recipe, advance)
+    cfg = KDSettings(
+        steps=recipe.steps, lr=recipe.lr or KDSettings.lr, batch=recipe.batch, seed=recipe.seed,
+        temperature=recipe.temperature, ce_weight=recipe.ce_weight,
+        feature_weight=recipe.feature_weight,
+    )  # fmt: skip
+    with steps.step(f"KD {label}", total=recipe.steps) as advance:
+        report = kd_recover(
+            model, t_model, windows, cfg, vocab_map=vocab_map,
+            keep_mask=target > 0 and not recipe.structured,
+            on_step=lambda loss: advance(1, f"loss {loss:.3f}"),
+        )  # fmt: skip
+    settings = {k: getattr(cfg, k) for k in ("lr", "batch", "temperature", "ce_weight",
+                                             "feature_weight", "seed")}  # fmt: skip
+    generated = len(windows) - len(calib)
+    return {**report.as_dict(), **settings, "windows": len(windows), "teacher_windows": generated}
+
+
+def _teacher_windows(
+    teacher: tuple[Any, Any], tokenizer: Any, calib: list[list[int]], recipe: Recipe, advance: Any
+) -> list[list[int]]:
+    """Text the teacher writes from the first tokens of calibration windows (sampled,
+    seeded), re-read with the student's tokenizer into windows of the same length."""
+    import torch
+
+    t_model, t_tokenizer = teacher
+    torch.manual_seed(recipe.seed)
+    out: list[list[int]] = []
+    for i in range(recipe.teacher_text):
+        prompt = tokenizer.decode(calib[i % len(calib)][:16])
+        ids = t_tokenizer(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            gen = t_model.generate(
+                ids, do_sample=True, top_p=0.95, temperature=1.0,
+                max_new_tokens=recipe.seq_len + 64, min_new_tokens=recipe.seq_len + 64,
+            )  # fmt: skip
+        text = t_tokenizer.decode(gen[0], skip_special_tokens=True)
+        window = tokenizer(text, add_special_tokens=False).input_ids[: recipe.seq_len]
+        if len(window) == recipe.seq_len:
+            out.append(window)
+        advance()
+    return out
 
 
 def _vocab_corpus(recipe: Recipe, tokenizer: Any, model: Any) -> Any:

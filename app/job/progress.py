@@ -34,7 +34,14 @@ class Steps:
 
     @contextmanager
     def step(self, description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
-        """Yields `advance(n=1)`; the step shows done (✓) when the block ends without error."""
+        """Yields `advance(n=1, note=None)` (a note, such as the running loss, shows after the
+        description); the step shows done (✓) when the block ends without error."""
         task = self._progress.add_task(description, total=total)
-        yield lambda n=1: self._progress.advance(task, n)
+
+        def advance(n: int = 1, note: str | None = None) -> None:
+            if note is not None:
+                self._progress.update(task, description=f"{description} ({note})")
+            self._progress.advance(task, n)
+
+        yield advance
         self._progress.update(task, total=total or 1, completed=total or 1)

@@ -34,8 +34,18 @@ class Recipe(BaseModel):
     calibration_samples: int = 32
     seq_len: int = 256
     calibration_data: Path | None = None  # a text file; default: pydoc calibration split
-    recover: str = "none"  # or lora: fine-tune LoRA adapters after (each) pruning step
-    steps: int = 100  # LoRA training steps per recovery
+    # lora: fine-tune LoRA adapters after (each) pruning step (language-model loss);
+    # kd: distil from a teacher (the dense base by default), full-parameter, mask held
+    recover: str = "none"
+    steps: int = 100  # training steps per recovery
+    teacher: str | None = None  # kd: registered teacher [default: the dense base]
+    lr: float | None = None  # kd: learning rate [default: 5e-5]
+    batch: int = 4  # kd: windows per step
+    seed: int = 0  # kd: which windows, in which order
+    temperature: float = 1.0  # kd: of the softmax on both sides of the KL
+    ce_weight: float = 0.0  # kd: weight of the next-token cross-entropy added to the KL
+    feature_weight: float = 0.0  # kd: weight of SquareHead's per-layer feature loss
+    teacher_text: int = 0  # kd: windows of teacher-generated text added to the training text
     schedule: list[float] | None = None  # iterative: prune to each sparsity in turn
     trim_vocab: int | None = None  # keep K vocabulary rows (embedding / LM head)
     vocab_corpus: Path | None = None  # text file or folder to rank tokens by; default: built in
@@ -99,10 +109,13 @@ class Recipe(BaseModel):
                     f"--sparsity must be above 0.0 and at most {MAX_SPARSITY}, "
                     f"not {self.sparsity:g}"
                 )
-        if self.recover not in ("none", "lora"):
-            raise SparsegateError(f"unknown --recover {self.recover!r}: use none or lora")
-        if self.recover == "lora" and self.steps < 1:
-            raise SparsegateError("--steps must be at least 1 for LoRA recovery")
+        if self.recover not in ("none", "lora", "kd"):
+            raise SparsegateError(f"unknown --recover {self.recover!r}: use none, lora or kd")
+        if self.recover != "none" and self.steps < 1:
+            raise SparsegateError(
+                f"--steps must be at least 1 for {self.recover} recovery, not {self.steps}"
+            )
+        self._check_kd()
         if self.calibration_data is not None and not self.calibration_data.is_file():
             raise SparsegateError(f"calibration data file {self.calibration_data} not found")
         if self.vocab_corpus is not None:
@@ -113,6 +126,30 @@ class Recipe(BaseModel):
         if self.calibration_samples < 1 or self.seq_len < 16:
             raise SparsegateError("need at least 1 calibration sample of at least 16 tokens")
         return self
+
+    def _check_kd(self) -> None:
+        kd_set = {
+            "--teacher": self.teacher is not None, "--lr": self.lr is not None,
+            "--batch": self.batch != 4, "--seed": self.seed != 0,
+            "--temperature": self.temperature != 1.0, "--ce-weight": self.ce_weight != 0.0,
+            "--feature-weight": self.feature_weight != 0.0,
+            "--teacher-text": self.teacher_text != 0,
+        }  # fmt: skip
+        if self.recover != "kd":
+            if given := [k for k, v in kd_set.items() if v]:
+                raise SparsegateError(f"{', '.join(given)}: only with --recover kd")
+            return
+        if self.prune is PruneMethod.none and not self.trim_vocab and self.teacher is None:
+            raise SparsegateError(
+                "--recover kd on an unpruned, untrimmed model distils it into itself: "
+                "give --prune or --trim-vocab (or another --teacher)"
+            )
+        if self.lr is not None and not 0 < self.lr < 1:
+            raise SparsegateError(f"--lr must be between 0 and 1, not {self.lr:g}")
+        if self.batch < 1 or self.temperature <= 0:
+            raise SparsegateError("--batch must be at least 1 and --temperature above 0")
+        if self.ce_weight < 0 or self.feature_weight < 0 or self.teacher_text < 0:
+            raise SparsegateError("--ce-weight, --feature-weight and --teacher-text must be >= 0")
 
     @property
     def structured(self) -> bool:
@@ -130,8 +167,8 @@ class Recipe(BaseModel):
             parts.append(f"{self.prune.value}{shape}")
         if self.schedule:
             parts.append("iter")
-        if self.recover == "lora":
-            parts.append("lora")
+        if self.recover != "none":
+            parts.append(self.recover + ("feat" if self.feature_weight else ""))
         if self.quant is not QuantScheme.none:
             parts.append(self.quant.value)
         return "-".join(parts)
