@@ -30,3 +30,15 @@ def test_rows_cover_methods_patterns_quantization_recovery_and_control():
     pruned_trimmed = rows["q-trim64k-sparsegpt-50"][1]
     assert pruned_trimmed.trim_vocab == 65536 and pruned_trimmed.prune == "sparsegpt"
     assert rows["q-trim64k-sparsegpt-50-w8a8"][0] == "q-trim64k-sparsegpt-50"
+
+
+def test_recovery_rows_compare_lora_and_kd_at_equal_steps_and_text():
+    rows = recipes("base", quick=False)
+    lora = rows["q-sparsegpt-50-lora"][1]
+    kd, kdfeat = rows["q-sparsegpt-50-kd"][1], rows["q-sparsegpt-50-kdfeat"][1]
+    # The same calibration windows seen: LoRA one per step, KD `batch` per step.
+    assert kd.steps * kd.batch == kdfeat.steps * kdfeat.batch == lora.steps * 1
+    assert kd.recover == kdfeat.recover == "kd" and kdfeat.feature_weight > 0 == kd.feature_weight
+    assert kd.calibration_samples == lora.calibration_samples and kd.seq_len == lora.seq_len
+    assert rows["q-sparsegpt-2of4-kd"][1].nm == (2, 4)
+    assert rows["q-channels50-kd"][1].structured and rows["q-channels50-kd"][1].recover == "kd"

@@ -22,6 +22,9 @@ PRUNING = [
 # 270M (MLPs hold ~70% of them): the structured row at equal parameter count.
 STRUCTURED = ("channels 70%", {"pattern": "channels", "sparsity": 0.7})
 LORA_STEPS = 60
+# KD at equal text: the same 60 calibration windows, 4 per step.
+KD_BATCH = 4
+KD_STEPS = LORA_STEPS // KD_BATCH
 # Vocabulary trimming (rows of 262,144 kept): dense, then pruned and quantized under it.
 TRIM = (65536, 49152)
 
@@ -43,6 +46,17 @@ def recipes(base: str, quick: bool) -> dict[str, tuple[str, Recipe]]:
         )
         for method in (["wanda"] if quick else ["wanda", "sparsegpt"])
     }  # fmt: skip
+    kd = dict(recover="kd", steps=KD_STEPS, batch=KD_BATCH)
+    for method in ["wanda"] if quick else ["sparsegpt"]:
+        recovered[f"q-{method}-50-kd"] = (base, Recipe(prune=method, sparsity=0.5, **kd))
+        recovered[f"q-{method}-50-kdfeat"] = (
+            base, Recipe(prune=method, sparsity=0.5, feature_weight=1.0, **kd)
+        )  # fmt: skip
+    if not quick:
+        recovered["q-sparsegpt-2of4-kd"] = (base, Recipe(prune="sparsegpt", pattern="2:4", **kd))
+        recovered["q-channels50-kd"] = (
+            base, Recipe(prune="wanda", pattern="channels", sparsity=0.5, **kd)
+        )  # fmt: skip
     # The control: the same fine-tuning on the dense model (how much is recovery, how much
     # is adapting to the calibration text's domain).
     control = Recipe(recover="lora", steps=LORA_STEPS)
@@ -102,6 +116,8 @@ def _row(name: str, recipe: Recipe, v: Variant, dense: Variant) -> dict:
         "measured_sparsity": v.sparsity,
         "job_seconds": v.quality["job_seconds"],
         "recover": recipe.recover,
+        "steps": recipe.steps if recipe.recover != "none" else None,
+        "feature_weight": recipe.feature_weight,
         "before_recovery": v.quality.get("before_recovery"),
     }
 
@@ -115,7 +131,8 @@ def _print(rows: list[dict], dense: Variant, console: Console) -> None:
     for r in rows:
         table.add_row(
             r["variant"], f"{r['trim_vocab']:,}" if r["trim_vocab"] else "full",
-            r["prune"] + ("+lora" if r["recover"] == "lora" else ""),
+            r["prune"] + ("" if r["recover"] == "none" else f"+{r['recover']}")
+            + ("+feat" if r.get("feature_weight") else ""),
             "dense" if r["sparsity"] is None else f"{r['pattern']} {r['sparsity']:.0%}",
             r["quant"],
             f"{r['bpb']['pydoc']:.3f}", f"{r['bpb_ratio']['pydoc']:.3f}",
