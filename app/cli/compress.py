@@ -8,17 +8,20 @@ import typer
 from app.cli.envs import run_in
 from app.cli.models import RegistryOpt, _home, _size, console
 from app.errors import Interrupted, SparsegateError
+from app.job.methods import Stage, choices
 from app.job.recipe import Recipe
 
 
 def compress(
     base: Annotated[str, typer.Argument(help="Registered variant to start from")],
-    prune: Annotated[str, typer.Option(help="none, magnitude, wanda or sparsegpt")] = "none",
+    prune: Annotated[str, typer.Option(help=choices(Stage.prune))] = "none",
     sparsity: Annotated[
         float | None, typer.Option(help="Share of weights to zero, 0.0-0.95 [default: 0.5]")
     ] = None,
-    pattern: Annotated[str, typer.Option(help="unstructured, or N:M such as 2:4")] = "unstructured",
-    quant: Annotated[str, typer.Option(help="none, w8a8 or w4a16")] = "none",
+    pattern: Annotated[
+        str, typer.Option(help="unstructured, N:M such as 2:4, or channels (whole MLP channels)")
+    ] = "unstructured",
+    quant: Annotated[str, typer.Option(help=choices(Stage.quant))] = "none",
     name: Annotated[str | None, typer.Option(help="Variant name [default: from recipe]")] = None,
     calibration_samples: Annotated[int, typer.Option(help="Calibration windows")] = 32,
     seq_len: Annotated[int, typer.Option(help="Tokens per window")] = 256,
@@ -26,10 +29,7 @@ def compress(
         Path | None, typer.Option(help="Text file for calibration [default: built-in text]")
     ] = None,
     eval_windows: Annotated[int, typer.Option(min=1, help="Held-out windows")] = 16,
-    recover: Annotated[
-        str,
-        typer.Option(help="none; lora (LoRA, language-model loss); kd (distil from a teacher)"),
-    ] = "none",
+    recover: Annotated[str, typer.Option(help=choices(Stage.recover))] = "none",
     steps: Annotated[int, typer.Option(help="Training steps per recovery")] = 100,
     teacher: Annotated[
         str | None, typer.Option(help="kd: registered teacher [default: the dense base]")

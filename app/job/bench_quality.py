@@ -98,10 +98,10 @@ def run(base: str, home: Path, quick: bool, out: Path, console: Console) -> list
 def _row(name: str, recipe: Recipe, v: Variant, dense: Variant) -> dict:
     return {
         "variant": name,
-        "prune": recipe.prune.value,
+        "prune": recipe.prune,
         "pattern": recipe.pattern,
         "sparsity": recipe.sparsity,
-        "quant": recipe.quant.value,
+        "quant": recipe.quant,
         "trim_vocab": recipe.trim_vocab,
         "bpb": v.quality["bpb"],
         "bpb_dense": v.quality["bpb_dense"],

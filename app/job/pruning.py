@@ -1,80 +1,64 @@
-"""Pruning methods, one class each, all backed by llm-compressor.
-
-Wanda and SparseGPT are llm-compressor modifiers run by `oneshot` over calibration data.
-Magnitude needs no data: it is Wanda's score |W|·sqrt(activation norm) with every
-activation norm set to one, so it reuses llm-compressor's Wanda sparsifier directly
-(per output row, unstructured or N:M).
-"""
+"""What every pruning method shares: the shapes (patterns) it may prune to, checked by name,
+and the modules llm-compressor prunes. The methods themselves are `app/job/methods/`
+(magnitude, wanda, sparsegpt); structured (channel) pruning's tensor work is
+`app/job/structured.py`."""
 
 from typing import Any, ClassVar
 
-import torch
-from torch import nn
-
-from app.job.stats import prunable_linears
+from app.errors import SparsegateError
+from app.job.methods import Job, Method, Stage, names
 
 # Modules llm-compressor prunes: the Linear layers inside the decoder blocks.
 TARGETS = ["re:.*layers\\.\\d+\\..*"]
 
 
-class Pruner:
-    name: ClassVar[str]
-    needs_calibration: ClassVar[bool] = True
+class Pruning(Method):
+    stage = Stage.prune
+    # unstructured, n:m (N zeros in every M weights of a row), channels (whole MLP channels)
+    patterns: ClassVar[tuple[str, ...]] = ("unstructured", "n:m")
 
-    def __init__(self, sparsity: float, nm: tuple[int, int] | None) -> None:
-        self.sparsity = sparsity
-        self.nm = nm
+    @property
+    def shape(self) -> str:
+        if self.recipe.structured:
+            return "channels"
+        return "n:m" if self.recipe.nm else "unstructured"
 
     @property
     def mask_structure(self) -> str:
-        return f"{self.nm[0]}:{self.nm[1]}" if self.nm else "0:0"
+        nm = self.recipe.nm
+        return f"{nm[0]}:{nm[1]}" if nm else "0:0"
 
-    def modifiers(self) -> list[Any]:
-        """llm-compressor modifiers for `oneshot`; empty when the method runs by itself."""
-        return []
-
-    def apply(self, model: nn.Module) -> None:
-        """Prune without calibration data (methods that need none)."""
-
-
-class Magnitude(Pruner):
-    name = "magnitude"
-    needs_calibration = False
-
-    @torch.no_grad()
-    def apply(self, model: nn.Module) -> None:
-        from llmcompressor.modifiers.pruning.wanda.wanda_sparsify import sparsify_weight
-
-        n, m = self.nm or (0, 0)
-        for layer in prunable_linears(model).values():
-            ones = {layer: torch.ones(layer.weight.shape[1])}
-            layer.weight.data.copy_(sparsify_weight(layer, ones, self.sparsity, n, m))
-
-
-class Wanda(Pruner):
-    name = "wanda"
-
-    def modifiers(self) -> list[Any]:
-        from llmcompressor.modifiers.pruning import WandaPruningModifier
-
-        return [
-            WandaPruningModifier(
-                sparsity=self.sparsity, mask_structure=self.mask_structure, targets=TARGETS
+    def check(self) -> None:
+        # A method asked for a shape it cannot make is refused by name, never replaced by
+        # another method's version of it.
+        if self.shape not in self.patterns:
+            able = [n for n in names(Stage.prune) if self.shape in _patterns(n)]
+            raise SparsegateError(
+                f"--prune {self.name} cannot prune to --pattern {self.recipe.pattern}; "
+                f"methods that can: {', '.join(able) or 'none'}"
             )
-        ]
+
+    def apply(self, job: Job, target: float | None = None) -> dict[str, Any] | None:
+        assert target is not None
+        with job.steps.step(f"Pruning ({self.name}, {self.recipe.pattern}, {target:.0%})"):
+            if self.shape == "channels":
+                from app.job.structured import prune_channels
+
+                kept = prune_channels(job.model, self.channel_scores(job), target)
+                return {"intermediate_size": kept}
+            self.prune(job, target)
+        return None
+
+    def prune(self, job: Job, target: float) -> None:
+        """Unstructured or N:M pruning of the decoder's Linear weights to `target`."""
+        raise NotImplementedError
+
+    def channel_scores(self, job: Job) -> list[Any]:
+        """Per MLP layer, one importance score per channel (methods that prune channels)."""
+        raise NotImplementedError
 
 
-class SparseGPT(Pruner):
-    name = "sparsegpt"
+def _patterns(name: str) -> tuple[str, ...]:
+    from app.job.methods import get
 
-    def modifiers(self) -> list[Any]:
-        from llmcompressor.modifiers.obcq import SparseGPTModifier
-
-        return [
-            SparseGPTModifier(
-                sparsity=self.sparsity, mask_structure=self.mask_structure, targets=TARGETS
-            )
-        ]
-
-
-PRUNERS: dict[str, type[Pruner]] = {p.name: p for p in (Magnitude, Wanda, SparseGPT)}
+    return get(Stage.prune, name).patterns

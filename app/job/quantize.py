@@ -1,22 +1,29 @@
-"""Quantization schemes as llm-compressor modifiers (compressed-tensors output vLLM loads)."""
+"""What the quantization methods share (`app/job/methods/w8a8.py`, `w4a16.py`): llm-compressor
+modifiers run last, with the zeros of pruning written back (GPTQ's error feedback would
+write into pruned positions). Output: compressed-tensors checkpoints vLLM loads."""
 
 from typing import Any
 
-from app.job.pruning import TARGETS
-from app.job.recipe import QuantScheme
+from app.job.methods import Job, Method, Stage
 
 
-def quant_modifiers(scheme: QuantScheme) -> list[Any]:
-    if scheme is QuantScheme.w8a8:
-        from llmcompressor.modifiers.quantization import QuantizationModifier
+class Quantization(Method):
+    stage = Stage.quant
 
-        # Per-channel int8 weights, dynamic per-token int8 activations: no calibration
-        # needed, and zeros quantize to exactly zero, so pruning survives.
-        return [QuantizationModifier(targets=TARGETS, scheme="W8A8")]
-    if scheme is QuantScheme.w4a16:
-        from llmcompressor.modifiers.gptq import GPTQModifier
+    def modifiers(self) -> list[Any]:
+        raise NotImplementedError
 
-        # Groups of 128 with GPTQ's error feedback: plain round-to-nearest int4 served
-        # far worse on Gemma 3 270M.
-        return [GPTQModifier(targets=TARGETS, scheme="W4A16")]
-    return []
+    def apply(self, job: Job, target: float | None = None) -> dict[str, Any] | None:
+        import torch
+
+        from app.job.oneshot import oneshot
+        from app.job.stats import prunable_linears
+
+        masks = {n: m.weight != 0 for n, m in prunable_linears(job.model).items()}
+        with job.steps.step(f"Quantizing ({self.name})"):
+            oneshot(job.model, self.modifiers(), job.calib, self.recipe.seq_len)
+            if not self.recipe.structured:
+                with torch.no_grad():
+                    for n, m in prunable_linears(job.model).items():
+                        m.weight.masked_fill_(~masks[n], 0.0)
+        return None

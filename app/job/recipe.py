@@ -1,36 +1,25 @@
 """What `sparsegate compress` is asked to do, validated before any work starts."""
 
 import re
-from enum import StrEnum
 from pathlib import Path
 
 from pydantic import BaseModel, field_validator, model_validator
 
 from app.errors import SparsegateError
+from app.job import methods
+from app.job.methods import Method, Stage
 
 MAX_SPARSITY = 0.95
 
 
-class PruneMethod(StrEnum):
-    none = "none"
-    magnitude = "magnitude"
-    wanda = "wanda"
-    sparsegpt = "sparsegpt"
-
-
-class QuantScheme(StrEnum):
-    none = "none"
-    w8a8 = "w8a8"  # int8 weights (per channel) and activations (dynamic, per token)
-    w4a16 = "w4a16"  # int4 weights in groups of 128 (GPTQ), 16-bit activations
-
-
 class Recipe(BaseModel):
-    prune: PruneMethod = PruneMethod.none
+    # Method names (app/job/methods/): which pruning, quantization, recovery; or none.
+    prune: str = "none"
     sparsity: float | None = None
     # unstructured; N:M, e.g. 2:4 (N zeros in every M weights); or channels (structured:
     # removes that share of MLP channels, scored by activations unless --prune magnitude)
     pattern: str = "unstructured"
-    quant: QuantScheme = QuantScheme.none
+    quant: str = "none"
     calibration_samples: int = 32
     seq_len: int = 256
     calibration_data: Path | None = None  # a text file; default: pydoc calibration split
@@ -50,16 +39,26 @@ class Recipe(BaseModel):
     trim_vocab: int | None = None  # keep K vocabulary rows (embedding / LM head)
     vocab_corpus: Path | None = None  # text file or folder to rank tokens by; default: built in
 
-    @field_validator("prune", "quant", mode="before")
+    @field_validator("prune", "quant", "recover")
     @classmethod
-    def _known(cls, value: object, info) -> object:
-        choices = {"prune": PruneMethod, "quant": QuantScheme}[info.field_name]
-        if isinstance(value, str) and value not in {c.value for c in choices}:
-            raise SparsegateError(
-                f"unknown --{info.field_name} {value!r}: use one of "
-                + ", ".join(c.value for c in choices)
-            )
+    def _known(cls, value: str, info) -> str:
+        if value != "none":
+            methods.get(Stage(info.field_name), value)  # unknown: one line naming the choices
         return value
+
+    def methods(self) -> list[Method]:
+        """The chosen methods, in pipeline order (trim, prune, recover, quant)."""
+        chosen: list[Method] = []
+        if self.trim_vocab:
+            chosen.append(methods.get(Stage.trim, "vocab")(self))
+        for stage, name in ((Stage.prune, self.prune), (Stage.recover, self.recover),
+                            (Stage.quant, self.quant)):  # fmt: skip
+            if name != "none":
+                chosen.append(methods.get(stage, name)(self))
+        return chosen
+
+    def method(self, stage: Stage) -> Method | None:
+        return next((m for m in self.methods() if m.stage is stage), None)
 
     @property
     def nm(self) -> tuple[int, int] | None:
@@ -86,7 +85,7 @@ class Recipe(BaseModel):
                     f"pattern {self.pattern} means {implied:.0%} sparsity, "
                     f"but --sparsity is {self.sparsity:g}"
                 )
-        if self.schedule is not None and self.prune is not PruneMethod.none:
+        if self.schedule is not None and self.prune != "none":
             if self.nm is not None or self.structured:
                 raise SparsegateError("--schedule works with unstructured pruning only")
             if not self.schedule or any(
@@ -96,10 +95,10 @@ class Recipe(BaseModel):
             if self.sparsity is not None and self.sparsity != self.schedule[-1]:
                 raise SparsegateError("--schedule ends at the final sparsity; drop --sparsity")
             self.sparsity = self.schedule[-1]
-        if self.prune is PruneMethod.none:
+        if self.prune == "none":
             if self.sparsity is not None or self.pattern != "unstructured" or self.schedule:
                 raise SparsegateError("--sparsity, --pattern and --schedule need a --prune method")
-            if self.quant is QuantScheme.none and self.recover == "none" and not self.trim_vocab:
+            if self.quant == "none" and self.recover == "none" and not self.trim_vocab:
                 raise SparsegateError("nothing to do: give --prune, --quant and/or --trim-vocab")
         else:
             if self.sparsity is None:
@@ -109,13 +108,13 @@ class Recipe(BaseModel):
                     f"--sparsity must be above 0.0 and at most {MAX_SPARSITY}, "
                     f"not {self.sparsity:g}"
                 )
-        if self.recover not in ("none", "lora", "kd"):
-            raise SparsegateError(f"unknown --recover {self.recover!r}: use none, lora or kd")
         if self.recover != "none" and self.steps < 1:
             raise SparsegateError(
                 f"--steps must be at least 1 for {self.recover} recovery, not {self.steps}"
             )
         self._check_kd()
+        for method in self.methods():
+            method.check()
         if self.calibration_data is not None and not self.calibration_data.is_file():
             raise SparsegateError(f"calibration data file {self.calibration_data} not found")
         if self.vocab_corpus is not None:
@@ -135,21 +134,8 @@ class Recipe(BaseModel):
             "--feature-weight": self.feature_weight != 0.0,
             "--teacher-text": self.teacher_text != 0,
         }  # fmt: skip
-        if self.recover != "kd":
-            if given := [k for k, v in kd_set.items() if v]:
-                raise SparsegateError(f"{', '.join(given)}: only with --recover kd")
-            return
-        if self.prune is PruneMethod.none and not self.trim_vocab and self.teacher is None:
-            raise SparsegateError(
-                "--recover kd on an unpruned, untrimmed model distils it into itself: "
-                "give --prune or --trim-vocab (or another --teacher)"
-            )
-        if self.lr is not None and not 0 < self.lr < 1:
-            raise SparsegateError(f"--lr must be between 0 and 1, not {self.lr:g}")
-        if self.batch < 1 or self.temperature <= 0:
-            raise SparsegateError("--batch must be at least 1 and --temperature above 0")
-        if self.ce_weight < 0 or self.feature_weight < 0 or self.teacher_text < 0:
-            raise SparsegateError("--ce-weight, --feature-weight and --teacher-text must be >= 0")
+        if self.recover != "kd" and (given := [k for k, v in kd_set.items() if v]):
+            raise SparsegateError(f"{', '.join(given)}: only with --recover kd")
 
     @property
     def structured(self) -> bool:
@@ -160,15 +146,15 @@ class Recipe(BaseModel):
         if self.trim_vocab:
             k = self.trim_vocab
             parts.append(f"trim{k // 1024}k" if k % 1024 == 0 else f"trim{k}")
-        if self.prune is not PruneMethod.none:
+        if self.prune != "none":
             shape = self.pattern.replace(":", "of") if self.nm else f"{self.sparsity * 100:.0f}"
             if self.structured:
                 shape = f"ch{shape}"
-            parts.append(f"{self.prune.value}{shape}")
+            parts.append(f"{self.prune}{shape}")
         if self.schedule:
             parts.append("iter")
         if self.recover != "none":
             parts.append(self.recover + ("feat" if self.feature_weight else ""))
-        if self.quant is not QuantScheme.none:
-            parts.append(self.quant.value)
+        if self.quant != "none":
+            parts.append(self.quant)
         return "-".join(parts)

@@ -1,0 +1,96 @@
+"""KD recovery: distil from a teacher (the dense base, or --teacher), forward KL on logits
+with optional cross-entropy and SquareHead feature terms, full-parameter on the decoder
+blocks, the pruned zeros held at every step (`app/job/distill.py`)."""
+
+from typing import Any
+
+from app.errors import SparsegateError
+from app.job.methods import Job, Method, Stage
+
+
+class KD(Method):
+    name = "kd"
+    stage = Stage.recover
+    summary = "distillation from the dense base (or --teacher), mask held at every step"
+
+    def check(self) -> None:
+        r = self.recipe
+        if r.prune == "none" and not r.trim_vocab and r.teacher is None:
+            raise SparsegateError(
+                "--recover kd on an unpruned, untrimmed model distils it into itself: "
+                "give --prune or --trim-vocab (or another --teacher)"
+            )
+        if r.lr is not None and not 0 < r.lr < 1:
+            raise SparsegateError(f"--lr must be between 0 and 1, not {r.lr:g}")
+        if r.batch < 1 or r.temperature <= 0:
+            raise SparsegateError("--batch must be at least 1 and --temperature above 0")
+        if r.ce_weight < 0 or r.feature_weight < 0 or r.teacher_text < 0:
+            raise SparsegateError("--ce-weight, --feature-weight and --teacher-text must be >= 0")
+
+    def prepare(self, job: Job) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from app.job.distill import token_map
+
+        name = self.recipe.teacher or job.parent.base
+        folder = job.registry.servable_path(name)  # an unknown teacher is refused here
+        with job.steps.step(f"Loading the teacher {name}"):
+            teacher = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        token_map(job.tokenizer, tokenizer)  # another tokenizer is refused before any work
+        job.extra["teacher"] = (name, teacher, tokenizer)
+
+    def apply(self, job: Job, target: float | None = None) -> dict[str, Any] | None:
+        from app.job.distill import KDSettings, kd_recover, token_map
+
+        r = self.recipe
+        target = target or 0.0
+        name, teacher, t_tokenizer = job.extra["teacher"]
+        vocab_map = token_map(job.tokenizer, t_tokenizer)  # the student may be trimmed by now
+        windows = list(job.calib)
+        if r.teacher_text:
+            with job.steps.step("Generating teacher text", total=r.teacher_text) as advance:
+                windows += self._teacher_windows(job, teacher, t_tokenizer, advance)
+        cfg = KDSettings(
+            steps=r.steps, lr=r.lr or KDSettings.lr, batch=r.batch, seed=r.seed,
+            temperature=r.temperature, ce_weight=r.ce_weight, feature_weight=r.feature_weight,
+        )  # fmt: skip
+        label = f"recovery ({target:.0%})" if target else "recovery"
+        with job.steps.step(f"KD {label} from {name}", total=r.steps) as advance:
+            report = kd_recover(
+                job.model, teacher, windows, cfg, vocab_map=vocab_map,
+                keep_mask=target > 0 and not r.structured,
+                on_step=lambda loss: advance(1, f"loss {loss:.3f}"),
+            )  # fmt: skip
+        settings = {k: getattr(cfg, k) for k in ("lr", "batch", "temperature", "ce_weight",
+                                                 "feature_weight", "seed")}  # fmt: skip
+        return {
+            "method": self.name, "sparsity": target, "teacher": name, **report.as_dict(),
+            **settings, "windows": len(windows), "teacher_windows": len(windows) - len(job.calib),
+        }  # fmt: skip
+
+    def _teacher_windows(
+        self, job: Job, teacher: Any, t_tokenizer: Any, advance: Any
+    ) -> list[list[int]]:
+        """Text the teacher writes from the first tokens of calibration windows (sampled,
+        seeded), re-read with the student's tokenizer into windows of the same length."""
+        import torch
+
+        r = self.recipe
+        torch.manual_seed(r.seed)
+        out: list[list[int]] = []
+        for i in range(r.teacher_text):
+            prompt = job.tokenizer.decode(job.calib[i % len(job.calib)][:16])
+            ids = t_tokenizer(prompt, return_tensors="pt").input_ids
+            with torch.no_grad():
+                gen = teacher.generate(
+                    ids, do_sample=True, top_p=0.95, max_new_tokens=r.seq_len + 64,
+                    min_new_tokens=r.seq_len + 64,
+                )  # fmt: skip
+            text = t_tokenizer.decode(gen[0], skip_special_tokens=True)
+            window = job.tokenizer(text, add_special_tokens=False).input_ids[: r.seq_len]
+            if len(window) == r.seq_len:
+                out.append(window)
+            advance()
+        return out
