@@ -188,6 +188,14 @@ def test_unreachable_or_refusing_servers_are_one_line_without_secrets(
         f"cannot open the registry database at 127.0.0.1:{closed}/postgres",
         secret=pg.password,
     )
+    deploy = tmp_path / "deploy.yaml"
+    deploy.write_text("gateway: {open: true}\nvariants: {m: {url: 'http://127.0.0.1:9'}}\n")
+    _one_line_error(
+        run_cli("serve", "--config", str(deploy), registry=home, SPARSEGATE_REGISTRY_URL=bad_db,
+                timeout=60),
+        f"cannot open the registry database at 127.0.0.1:{closed}/postgres",
+        secret=pg.password,
+    )  # fmt: skip
     wrong = pg.url("postgres", password="not-the-password-123")
     _one_line_error(
         run_cli("models", "list", registry=home, SPARSEGATE_REGISTRY_URL=wrong),

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from app.cli.models import RegistryOpt, _home, _open, console
+from app.registry import is_shared
 
 # Open streams get this long to finish when `serve` is told to stop; then they are cut, so
 # that SIGTERM ends the gateway and its engines within seconds, not when the last stream ends.
@@ -38,6 +39,10 @@ def serve(
     spawned = {n: v for n, v in deployment.variants.items() if v.spawn is not None}
     reg = _open(registry) if spawned else None
     home = reg.home if reg else _registry_if_any(registry)
+    if reg is None and home is not None and is_shared():
+        # The workers read it for facts: an unreachable or missing shared registry is one
+        # line here, not a traceback per worker.
+        _open(registry).close()
     resolve_production(deployment, home)  # fail here, in one line, not in every worker
     # The workers build the app from these (uvicorn imports it in each process).
     os.environ["SPARSEGATE_DEPLOYMENT"] = str(config.resolve())
