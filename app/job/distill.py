@@ -136,10 +136,10 @@ def kd_recover(
     student.requires_grad_(False)
     for p in trained:
         p.requires_grad_(True)
+    masked = {n: m for n, m in prunable_linears(student).items() if n in masks}
     hooks = [
         layer.weight.register_hook(lambda g, mask=masks[name]: g * mask)
-        for name, layer in prunable_linears(student).items()
-        if name in masks
+        for name, layer in masked.items()
     ]
     optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=0.0)
     student.train()
@@ -163,10 +163,9 @@ def kd_recover(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             with torch.no_grad():
-                for name, layer in prunable_linears(student).items():
-                    if name in masks:
-                        # masked_fill, not a multiply: -w * 0 is -0.0, non-zero at rest.
-                        layer.weight.masked_fill_(~masks[name], 0.0)
+                for name, layer in masked.items():
+                    # masked_fill, not a multiply: -w * 0 is -0.0, non-zero at rest.
+                    layer.weight.masked_fill_(~masks[name], 0.0)
             report.losses.append(loss.item())
             report.kl.append(kl.item())
             on_step(loss.item())

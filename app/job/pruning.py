@@ -6,7 +6,7 @@ and the modules llm-compressor prunes. The methods themselves are `app/job/metho
 from typing import Any, ClassVar
 
 from app.errors import SparsegateError
-from app.job.methods import Job, Method, Stage, names
+from app.job.methods import Job, Method, Stage, get, names
 
 # Modules llm-compressor prunes: the Linear layers inside the decoder blocks.
 TARGETS = ["re:.*layers\\.\\d+\\..*"]
@@ -32,7 +32,7 @@ class Pruning(Method):
         # A method asked for a shape it cannot make is refused by name, never replaced by
         # another method's version of it.
         if self.shape not in self.patterns:
-            able = [n for n in names(Stage.prune) if self.shape in _patterns(n)]
+            able = [n for n in names(Stage.prune) if self.shape in get(Stage.prune, n).patterns]
             raise SparsegateError(
                 f"--prune {self.name} cannot prune to --pattern {self.recipe.pattern}; "
                 f"methods that can: {', '.join(able) or 'none'}"
@@ -56,9 +56,3 @@ class Pruning(Method):
     def channel_scores(self, job: Job) -> list[Any]:
         """Per MLP layer, one importance score per channel (methods that prune channels)."""
         raise NotImplementedError
-
-
-def _patterns(name: str) -> tuple[str, ...]:
-    from app.job.methods import get
-
-    return get(Stage.prune, name).patterns

@@ -112,10 +112,11 @@ class EmbeddedRegistry(Registry):
         return self.path_of(variant.name), variant.name
 
     def missing_files(self, name: str) -> list[str]:
-        folder = self.path_of(self.get(name).name)
+        variant = self.get(name)
+        folder = self.path_of(variant.name)
         return [
             f.path
-            for f in self.get(name).files
+            for f in variant.files
             if not (folder / f.path).is_file() or (folder / f.path).stat().st_size != f.bytes
         ]
 

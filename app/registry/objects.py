@@ -8,7 +8,6 @@ Downloads are hashed and compared with the registry's record by the caller.
 
 import base64
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -206,9 +205,3 @@ class ObjectStore:
         except (BotoCoreError, ClientError) as e:
             raise self._fail(f"delete {prefix}", e) from None
         return len(keys)
-
-
-def fresh_tmp(folder: Path, name: str) -> Path:
-    path = folder / f".{name}@{os.getpid()}@{os.urandom(4).hex()}"
-    path.mkdir(parents=True)
-    return path

@@ -75,6 +75,10 @@ def variant_row(variant: Variant) -> tuple:
     )
 
 
+def _file_set(variant: Variant) -> set[tuple[str, str]]:
+    return {(f.path, f.sha256) for f in variant.files}
+
+
 class Tx(Protocol):
     def execute(self, sql: str, params: tuple | list = ()) -> list[Any]: ...
 
@@ -242,6 +246,13 @@ class Registry(ABC):
         ):
             raise SparsegateError(f"parent variant {variant.parent!r} is not registered")
 
+    def _get_in(self, tx: Tx, name: str) -> Variant:
+        """A record read inside a write transaction (it holds until the commit)."""
+        rows = tx.execute("SELECT * FROM variants WHERE name = ?", (name,))
+        if not rows:
+            raise SparsegateError(f"unknown variant {name!r}")
+        return row_to_variant(rows[0])
+
     def _insert(self, tx: Tx, variant: Variant, **extra: str) -> None:
         columns = COLUMNS + "".join(f", {k}" for k in extra)
         values = variant_row(variant) + tuple(extra.values())
@@ -254,10 +265,7 @@ class Registry(ABC):
         """Move a variant to `stage`; returns the names demoted from production by it."""
         demoted: list[str] = []
         with self._write() as tx:
-            rows = tx.execute("SELECT * FROM variants WHERE name = ?", (name,))
-            if not rows:
-                raise SparsegateError(f"unknown variant {name!r}")
-            variant = row_to_variant(rows[0])
+            variant = self._get_in(tx, name)
             if stage is Stage.production:
                 # Bits per byte, the worse of in and out of domain: comparable across
                 # tokenizers, and a variant tuned to one domain cannot hide the other.
@@ -294,10 +302,7 @@ class Registry(ABC):
     def update_quality(self, name: str, figures: dict[str, Any]) -> Variant:
         """Merge `figures` into a variant's quality record (e.g. a new evaluation)."""
         with self._write() as tx:
-            rows = tx.execute("SELECT * FROM variants WHERE name = ?", (name,))
-            if not rows:
-                raise SparsegateError(f"unknown variant {name!r}")
-            variant = row_to_variant(rows[0])
+            variant = self._get_in(tx, name)
             variant.quality.update(figures)
             tx.execute(
                 "UPDATE variants SET quality = ?, updated_at = ? WHERE name = ?",
@@ -307,10 +312,7 @@ class Registry(ABC):
 
     def remove(self, name: str, *, force: bool = False) -> None:
         with self._write() as tx:
-            rows = tx.execute("SELECT * FROM variants WHERE name = ?", (name,))
-            if not rows:
-                raise SparsegateError(f"unknown variant {name!r}")
-            variant = row_to_variant(rows[0])
+            variant = self._get_in(tx, name)
             children = [
                 r["name"] for r in tx.execute("SELECT name FROM variants WHERE parent = ?", (name,))
             ]
@@ -341,9 +343,7 @@ class Registry(ABC):
                 pending.remove(v)
                 mine = self.find(v.name)
                 if mine is not None:
-                    if {(f.path, f.sha256) for f in mine.files} != {
-                        (f.path, f.sha256) for f in v.files
-                    }:
+                    if _file_set(mine) != _file_set(v):
                         raise SparsegateError(
                             f"{v.name} exists in both registries with other files; "
                             "remove or rename one"
@@ -360,9 +360,7 @@ class Registry(ABC):
                         param_count=v.param_count, sparsity=v.sparsity, quality=v.quality,
                         stage=v.stage, created_at=v.created_at.isoformat(),
                     )  # fmt: skip
-                if {(f.path, f.sha256) for f in published.files} != {
-                    (f.path, f.sha256) for f in v.files
-                }:
+                if _file_set(published) != _file_set(v):
                     raise SparsegateError(f"{v.name}: copied files differ from the source's")
                 done.add(v.name)
                 copied.append(v.name)

@@ -58,8 +58,6 @@ class Method:
     summary: ClassVar[str]  # one line for --help
     # Pruning methods: the shapes they can prune to (unstructured, n:m, channels).
     patterns: ClassVar[tuple[str, ...]] = ()
-    # Whether pruning needs the model to have zeros kept through later steps.
-    keeps_zeros: ClassVar[bool] = True
 
     def __init__(self, recipe: "Recipe") -> None:
         self.recipe = recipe
