@@ -6,7 +6,7 @@ SERVE := $(VENVS)/serve/bin
 COMPRESS := $(VENVS)/compress/bin
 export SPARSEGATE_VENVS := $(abspath $(VENVS))
 
-.PHONY: setup system-deps demo test lint clean-envs
+.PHONY: setup system-deps demo test lint images clean-envs
 
 setup: $(VENVS)/serve/.ready $(VENVS)/compress/.ready $(VENVS)/data/.ready
 
@@ -30,6 +30,11 @@ system-deps:
 
 test: setup system-deps
 	$(SERVE)/python -m pytest $(PYTEST_ARGS)
+
+# The container images (compress, engine-cpu, gateway, prometheus), with Docker or podman;
+# settings in scripts/images.sh (base image, extra CA certificates, local wheel folder).
+images:
+	scripts/images.sh
 
 lint: setup
 	$(SERVE)/ruff check app tests deploy

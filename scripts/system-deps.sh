@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages the tests drive for real: Prometheus (dashboard queries), Chromium (the
-# /dashboard page), docker-compose (validates docker-compose.yml without an engine) and the
-# PostgreSQL server (the shared registry back end; the tests start their own instance).
+# /dashboard page), docker-compose (validates docker-compose.yml, and runs the stack), the
+# PostgreSQL server (the shared registry back end; the tests start their own instance), and
+# podman with buildah, runc and mmdebstrap (images built and run where no Docker engine is:
+# tests/test_deploy_stack.py).
 # Installs what is missing when it can (root or sudo); otherwise says what to install.
 set -euo pipefail
 need=()
@@ -9,6 +11,14 @@ command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+if ! { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }; then
+  # podman's own Recommends (networking, DNS between containers, overlay) named explicitly:
+  # this installs with --no-install-recommends.
+  for p in podman buildah runc mmdebstrap netavark aardvark-dns slirp4netns uidmap \
+           fuse-overlayfs containernetworking-plugins iptables; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+  done
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo -n"

@@ -23,7 +23,19 @@ SPARSEGATE_IMAGES = ("sparsegate-",)
 
 
 def _manifests() -> list[Path]:
-    return sorted(p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml")
+    return sorted(p for p in K8S.rglob("*.yaml")
+                  if p.name != "kustomization.yaml" and p.parent.name != "config")  # fmt: skip
+
+
+def _dockerfile_stages() -> dict[str, str]:
+    """The Dockerfile's image stages (after `base`), by name."""
+    text = (ROOT / "Dockerfile").read_text()
+    stages = {}
+    for stage in re.split(r"^FROM ", text, flags=re.M)[1:]:
+        name = stage.split()[2]
+        if name not in ("inputs", "base"):
+            stages[name] = stage
+    return stages
 
 
 @pytest.mark.parametrize("registry", ["embedded", "shared"])
@@ -41,7 +53,7 @@ def test_compose_file_validates(profile, registry):
     assert proc.returncode == 0, proc.stderr
     services = yaml.safe_load(proc.stdout)["services"]
     ours = [n for n, s in services.items() if s.get("image", "").startswith("sparsegate-")]
-    for name in set(ours) - {"bench"}:  # (bench talks to the gateway only)
+    for name in set(ours) - {"bench", "prometheus"}:  # (neither reads the registry)
         env = services[name].get("environment") or {}
         assert ("SPARSEGATE_REGISTRY_URL" in env) == (registry == "shared"), name
     if registry == "shared":
@@ -75,14 +87,41 @@ def test_dockerfile_lints_clean():
 
 
 def test_dockerfile_images_run_as_non_root_with_health_checks():
+    stages = _dockerfile_stages()
+    assert set(stages) == {"compress", "engine-cpu", "gateway", "prometheus"}
+    for name, stage in stages.items():
+        user = re.search(r"^USER (\S+)$", stage, flags=re.M)
+        assert user and user.group(1) not in ("root", "0"), name
+    for role in ("engine-cpu", "gateway", "prometheus"):
+        check = re.search(r"^\s+CMD (\[.*\])$", stages[role], flags=re.M)
+        assert "HEALTHCHECK" in stages[role] and check, role
+        # podman 4.3 splits a check's arguments on spaces: none may hold one
+        assert not any(" " in arg for arg in yaml.safe_load(check.group(1))), role
+
+
+def test_dockerfile_installs_requirements_before_the_code():
+    """A code change must not reinstall torch and vLLM: every stage's dependency layer
+    comes before `COPY app`, and nothing host-specific is baked in."""
     text = (ROOT / "Dockerfile").read_text()
-    stages = re.split(r"^FROM ", text, flags=re.M)[2:]  # after `base`
-    assert len(stages) == 3
-    for stage in stages:
-        assert re.search(r"^USER 1000$", stage, flags=re.M), stage.splitlines()[0]
-    for role in ("engine-cpu", "gateway"):
-        stage = next(s for s in stages if s.split()[2] == role)
-        assert "HEALTHCHECK" in stage
+    for name, stage in _dockerfile_stages().items():
+        if name == "prometheus":
+            continue
+        assert stage.index("requirements.py") < stage.index("COPY app ./app"), name
+    assert "/opt/wheels" not in text and "ca-certificates/" not in text
+    assert re.search(r"^ARG BASE=python:3\.11-slim-bookworm$", text, flags=re.M)
+
+
+def test_every_compose_service_that_stays_up_has_a_healthcheck_podman_can_run():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    for name, s in services.items():
+        if s.get("restart") == "no":  # one-shot jobs: their exit is the condition
+            continue
+        test = s.get("healthcheck", {}).get("test")
+        assert test and test[0] in ("CMD", "CMD-SHELL"), name
+        if test[0] == "CMD":
+            assert not any(" " in arg for arg in test[1:]), (name, test)
+        if name.startswith("engine-"):
+            assert s.get("shm_size"), name
 
 
 def test_kubernetes_manifests_validate_against_their_schemas():
@@ -106,6 +145,8 @@ def _container_commands() -> list[tuple[str, str, list[str]]]:
     services = yaml.safe_load(COMPOSE.read_text())["services"]
     for name, s in services.items():
         image = s.get("image", "")
+        if "prometheus" in image:
+            continue  # Debian's Prometheus with its own arguments
         entry = s.get("entrypoint") or (["sparsegate"] if "sparsegate-" in image else [])
         if "engine-cpu" in image and not s.get("entrypoint"):
             entry = ["sparsegate", "engine"]
@@ -124,12 +165,12 @@ def _container_commands() -> list[tuple[str, str, list[str]]]:
                     continue  # an image that runs its own default (PostgreSQL)
                 for argv in _split([*entry, *c.get("args", [])]):
                     out.append((f"{path.name} {c['name']}", c["image"], argv))
-    text = (ROOT / "Dockerfile").read_text()
-    for stage in re.split(r"^FROM ", text, flags=re.M)[2:]:
+    for name, stage in _dockerfile_stages().items():
         entry = re.search(r"^ENTRYPOINT (\[.*\])$", stage, flags=re.M)
         cmd = re.search(r"^CMD (\[.*\])$", stage, flags=re.M)
         argv = [*yaml.safe_load(entry.group(1)), *yaml.safe_load(cmd.group(1))]
-        out.append((f"Dockerfile {stage.split()[2]}", "sparsegate", argv))
+        if argv[0] == "sparsegate":
+            out.append((f"Dockerfile {name}", "sparsegate", argv))
     return out
 
 
@@ -220,10 +261,13 @@ def test_grafana_dashboard_is_built_from_its_script():
     assert len(titles) == len(set(titles)) >= 20
 
 
+CONTAINERS_DEPLOYMENT = K8S / "config" / "sparsegate.yaml"
+
+
 def _shipped_deployments() -> dict[str, str]:
     """Every gateway deployment file the repository ships, by where it lives."""
     files = {str(p.relative_to(ROOT)): p.read_text()
-             for p in (ROOT / "deploy" / "sparsegate.yaml", ROOT / "deploy" / "compose" / "sparsegate.yaml")}  # fmt: skip  # noqa: E501
+             for p in (ROOT / "deploy" / "sparsegate.yaml", CONTAINERS_DEPLOYMENT)}  # fmt: skip
     for manifest in _manifests():
         for doc in yaml.safe_load_all(manifest.read_text()):
             if doc and doc.get("kind") == "ConfigMap" and "sparsegate.yaml" in doc["data"]:
@@ -231,11 +275,31 @@ def _shipped_deployments() -> dict[str, str]:
     return files
 
 
+def test_compose_and_kubernetes_read_one_deployment_file():
+    """One copy: compose mounts it, kustomize makes the gateway's ConfigMap from it, and
+    the local (spawning) file keeps its gateway settings and alias names."""
+    assert len(_shipped_deployments()) == 2  # no ConfigMap written out by hand
+    gateway = yaml.safe_load(COMPOSE.read_text())["services"]["gateway"]
+    mounts = [v.split(":") for v in gateway["volumes"]]
+    assert [f"./{CONTAINERS_DEPLOYMENT.relative_to(ROOT)}", "/etc/sparsegate/sparsegate.yaml",
+            "ro"] in mounts  # fmt: skip
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    (generated,) = kustomization["configMapGenerator"]
+    assert (K8S / generated["files"][0]).resolve() == CONTAINERS_DEPLOYMENT
+    pod = yaml.safe_load_all((K8S / "gateway.yaml").read_text())
+    volumes = next(d for d in pod if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert {"name": "config", "configMap": {"name": generated["name"]}} in volumes["volumes"]
+    containers = yaml.safe_load(CONTAINERS_DEPLOYMENT.read_text())
+    local = yaml.safe_load((ROOT / "deploy" / "sparsegate.yaml").read_text())
+    assert local["gateway"] == containers["gateway"]
+    assert set(local["aliases"]) == set(containers["aliases"])
+
+
 def test_every_shipped_deployment_file_passes_the_strict_loader(tmp_path):
     from app.gateway.config import load_deployment
 
     shipped = _shipped_deployments()
-    assert len(shipped) == 3
+    assert len(shipped) == 2
     for where, text in shipped.items():
         path = tmp_path / "deploy.yaml"
         path.write_text(text)

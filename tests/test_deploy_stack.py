@@ -1,0 +1,279 @@
+"""The deployment, run for real: build the images, bring up the compose stack's `cpu`
+profile (with deploy/compose/ci.yml's shorter compress job), use it as a user does through
+the gateway container and Prometheus, read the bench service's result, tear it all down.
+
+Docker where its daemon runs, podman otherwise (scripts/system-deps.sh installs podman,
+buildah, runc and mmdebstrap): docker-compose talks to podman's Docker-compatible service
+(scripts/podman-service.sh). Each step's time is printed. The first run builds the images
+(about 10 minutes here); later runs reuse their layers. SPARSEGATE_SKIP_STACK=1 skips it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FILES = ["-f", str(ROOT / "docker-compose.yml"), "-f", str(ROOT / "deploy/compose/ci.yml")]
+SERVICES = ["engine-dense", "gateway", "prometheus", "bench"]
+# Caps on waiting for a condition (a start that never ends fails the test with the
+# container's log, it never makes the test pass): generous for a loaded 2-core machine.
+ENGINE_START_S = 1200
+BENCH_S = 900
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("SPARSEGATE_SKIP_STACK") == "1", reason="SPARSEGATE_SKIP_STACK=1"
+)
+
+
+class Stack:
+    """One compose project and the container engine behind it."""
+
+    def __init__(self, tmp: Path) -> None:
+        probe = subprocess.run(
+            ["bash", "-c", "source scripts/container-engine.sh && "
+             'echo "$ENGINE ${CONTAINERS_CONF:-}"'],
+            cwd=ROOT, capture_output=True, text=True,
+        )  # fmt: skip
+        assert probe.returncode == 0, probe.stderr
+        self.engine, *conf = probe.stdout.split()
+        self.env = dict(os.environ)
+        if conf:
+            self.env["CONTAINERS_CONF"] = conf[0]
+        self.state = tmp / "podman"
+        self.project = f"sgstack{os.getpid()}"
+        self.ports = {"gateway": _free_port(), "prometheus": _free_port()}
+        self.env |= {
+            "SPARSEGATE_GATEWAY_PORT": str(self.ports["gateway"]),
+            "SPARSEGATE_PROMETHEUS_PORT": str(self.ports["prometheus"]),
+            "COMPOSE_PROJECT_NAME": self.project,
+        }
+        self.timings: list[tuple[str, float]] = []
+
+    def step(self, name: str, started: float) -> None:
+        self.timings.append((name, time.monotonic() - started))
+        print(f"deploy stack: {name:<44} {time.monotonic() - started:7.1f} s", flush=True)
+
+    def run(self, *argv: str, timeout: float = 600, check: bool = True) -> str:
+        proc = subprocess.run(argv, cwd=ROOT, env=self.env, capture_output=True, text=True,
+                              timeout=timeout)  # fmt: skip
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{shlex.join(argv)} failed:\n{proc.stdout[-3000:]}"
+                                 f"\n{proc.stderr[-3000:]}")  # fmt: skip
+        return proc.stdout
+
+    def compose(self, *args: str, timeout: float = 600, check: bool = True) -> str:
+        return self.run("docker-compose", *FILES, "--profile", "cpu", *args,
+                        timeout=timeout, check=check)  # fmt: skip
+
+    def start_service(self) -> None:
+        """podman: its Docker API service and health-check runner, for docker-compose."""
+        if self.engine != "podman":
+            return
+        out = subprocess.run(
+            ["scripts/podman-service.sh", "start"], cwd=ROOT, capture_output=True, text=True,
+            env=self.env | {"STATE": str(self.state)}, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        for assignment in out.stdout.split()[1:]:  # export DOCKER_HOST=... [CONTAINERS_CONF=...]
+            key, _, value = assignment.partition("=")
+            self.env[key] = value
+
+    def stop_service(self) -> None:
+        if self.engine == "podman":
+            subprocess.run(["scripts/podman-service.sh", "stop"], cwd=ROOT, timeout=60,
+                           env=self.env | {"STATE": str(self.state)})  # fmt: skip
+
+    def container(self, service: str) -> str:
+        ids = self.compose("ps", "-a", "-q", service).split()
+        assert ids, f"no container for {service}"
+        return ids[0]
+
+    def state_of(self, container: str) -> dict:
+        """The container's State, with its RestartCount."""
+        (info,) = json.loads(self.run(self.engine, "inspect", container))
+        return info["State"] | {"RestartCount": info.get("RestartCount", 0)}
+
+    def logs(self, container: str, lines: int = 40) -> str:
+        proc = subprocess.run([self.engine, "logs", "--tail", str(lines), container], env=self.env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        return proc.stdout + proc.stderr
+
+    def wait_healthy(self, service: str, cap_s: float, container: str = "") -> None:
+        """Until the service's container (or the one named) is healthy; fails with its last
+        log lines if it stops or never gets there."""
+        container = container or self.container(service)
+        deadline = time.monotonic() + cap_s
+        while time.monotonic() < deadline:
+            state = self.state_of(container)
+            health = (state.get("Health") or state.get("Healthcheck") or {}).get("Status")
+            if health == "healthy":
+                return
+            # (an engine that failed is restarted by its policy: one restart is a failure)
+            if state.get("Status") in ("exited", "dead") or state["RestartCount"]:
+                pytest.fail(
+                    f"{service} stopped (exit {state.get('ExitCode')}, "
+                    f"{state['RestartCount']} restart(s)):\n{self.logs(container)}"
+                )
+            time.sleep(2)
+        pytest.fail(f"{service} not healthy after {cap_s:.0f} s:\n{self.logs(container)}")
+
+    def wait_exit(self, service: str, cap_s: float) -> int:
+        out = self.run(self.engine, "wait", self.container(service), timeout=cap_s)
+        return int(out.split()[-1])
+
+    def down(self) -> None:
+        started = time.monotonic()
+        self.compose("down", "--volumes", "--remove-orphans", "--timeout", "20",
+                     timeout=300, check=False)  # fmt: skip
+        self.stop_service()
+        # Build cache the images no longer need: dangling intermediate layers.
+        self.run(self.engine, "image", "prune", "-f", timeout=300, check=False)
+        if self.engine == "docker":
+            self.run("docker", "builder", "prune", "-f", timeout=300, check=False)
+        self.step("tear down, prune build cache", started)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Iterator[Stack]:
+    stack = Stack(tmp_path_factory.mktemp("stack"))
+    started = time.monotonic()
+    images = subprocess.run(["scripts/images.sh"], cwd=ROOT, env=stack.env, text=True,
+                            capture_output=True, timeout=3600)  # fmt: skip
+    print(images.stdout, end="", flush=True)
+    assert images.returncode == 0, images.stdout[-2000:] + images.stderr[-4000:]
+    stack.step("images built (scripts/images.sh)", started)
+    stack.start_service()
+    try:
+        started = time.monotonic()
+        # Blocks until the compress service has completed and the gateway is healthy.
+        up = stack.compose("up", "-d", "--no-build", *SERVICES, timeout=2400, check=False)
+        compress = stack.container("compress")
+        if "didn't complete successfully" in up or stack.state_of(compress)["ExitCode"]:
+            pytest.fail(f"the compress service failed:\n{stack.logs(compress)}")
+        stack.step("compress done, gateway healthy (compose up)", started)
+        started = time.monotonic()
+        stack.wait_healthy("engine-dense", ENGINE_START_S)
+        stack.step("engine healthy", started)
+        yield stack
+    finally:
+        stack.down()
+
+
+def _client(stack: Stack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{stack.ports['gateway']}/v1",
+                         api_key="unused", max_retries=0, timeout=120)  # fmt: skip
+
+
+def test_openai_client_through_the_gateway_container(stack):
+    started = time.monotonic()
+    client = _client(stack)
+    completion = client.completions.create(
+        model="gemma", prompt="The capital of France is", max_tokens=8, temperature=0
+    )
+    assert completion.choices[0].text.strip()
+    assert completion.model == "gemma-3-270m"  # the alias routed to the dense variant
+    chunks = list(client.chat.completions.create(
+        model="gemma-3-270m", messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=16, stream=True, stream_options={"include_usage": True},
+    ))  # fmt: skip
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip()
+    assert chunks[-1].usage and chunks[-1].usage.completion_tokens > 0
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.completions.create(model="no-such-model", prompt="x", max_tokens=1)
+    assert missing.value.body["type"] == "not_found_error"
+    assert "no-such-model" in missing.value.body["message"]
+    stack.step("openai client: completion, streamed chat, 404", started)
+
+
+def _query(stack: Stack, promql: str) -> list[dict]:
+    url = (f"http://127.0.0.1:{stack.ports['prometheus']}/api/v1/query?"
+           + urllib.parse.urlencode({"query": promql}))  # fmt: skip
+    with urllib.request.urlopen(url, timeout=10) as response:
+        body = json.load(response)
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def test_prometheus_in_the_stack_scrapes_gateway_and_engine(stack):
+    started = time.monotonic()
+    _client(stack).completions.create(model="gemma-3-270m", prompt="Hi", max_tokens=4)
+    stack.wait_healthy("prometheus", 300)
+    queries = {
+        "gateway": 'sum(sparsegate_requests_total{variant="gemma-3-270m"})',
+        "engine": 'sum(vllm:generation_tokens_total{model_name="gemma-3-270m"})',
+    }
+    deadline = time.monotonic() + 120  # a few scrape intervals (5 s) on a busy machine
+    found: dict[str, float] = {}
+    while time.monotonic() < deadline and len(found) < len(queries):
+        for name, promql in queries.items():
+            result = _query(stack, promql)
+            if result and float(result[0]["value"][1]) > 0:
+                found[name] = float(result[0]["value"][1])
+        time.sleep(2)
+    assert set(found) == set(queries), (found, _query(stack, "up"))
+    up = {r["metric"]["instance"]: r["value"][1] for r in _query(stack, "up")}
+    assert up["gateway:8080"] == "1" and up["engine-dense:8000"] == "1", up
+    print(f"deploy stack: prometheus answered {found}", flush=True)
+    stack.step("prometheus query inside the stack", started)
+
+
+def test_bench_service_writes_its_result(stack, tmp_path):
+    started = time.monotonic()
+    code = stack.wait_exit("bench", BENCH_S)
+    assert code == 0, stack.logs(stack.container("bench"))
+    stack.run(stack.engine, "cp", f"{stack.container('bench')}:/models/bench.json",
+              str(tmp_path / "bench.json"))  # fmt: skip
+    (row,) = json.loads((tmp_path / "bench.json").read_text())["results"]
+    print("deploy stack: bench result " + json.dumps(
+        {k: row[k] for k in ("variant", "requests", "errors", "output_tokens_per_s",
+                             "tpot_mean_s", "dollars_per_million_bytes")}), flush=True)  # fmt: skip
+    assert row["variant"] == "gemma-3-270m" and row["requests"] == 8
+    assert row["errors"] == 0, row["first_error"]
+    assert row["output_tokens"] > 0
+    stack.step("bench service result", started)
+
+
+def test_an_engine_that_cannot_start_fails_the_wait_with_its_log(stack):
+    """What the stack's checks do when an engine never comes up: they fail at once, with
+    the container's last log lines, not after the start-up allowance."""
+    started = time.monotonic()
+    broken = stack.run(
+        stack.engine, "run", "-d", "--network", f"{stack.project}_default",
+        "-v", f"{stack.project}_models:/models", "sparsegate-engine-cpu:latest", "no-such-variant",
+    ).split()[-1]  # fmt: skip
+    try:
+        with pytest.raises(pytest.fail.Exception) as failed:
+            stack.wait_healthy("engine-dense (no-such-variant)", ENGINE_START_S, container=broken)
+    finally:
+        stack.run(stack.engine, "rm", "-f", broken, check=False)
+    assert "stopped" in str(failed.value)
+    assert "no-such-variant" in str(failed.value)  # the engine's own error line
+    stack.step("an engine that cannot start is reported", started)
+
+
+def test_a_build_without_its_base_image_says_what_is_missing(stack):
+    proc = subprocess.run(["scripts/images.sh"], cwd=ROOT, capture_output=True, text=True,
+                          env=stack.env | {"SPARSEGATE_BASE_IMAGE": "localhost/no-such-base:1"},
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "localhost/no-such-base:1" in line and "scripts/base-image.sh" in line
