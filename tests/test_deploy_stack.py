@@ -40,7 +40,7 @@ pytestmark = pytest.mark.skipif(
 class Stack:
     """One compose project and the container engine behind it."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, capture) -> None:
         probe = subprocess.run(
             ["bash", "-c", "source scripts/container-engine.sh && "
              'echo "$ENGINE ${CONTAINERS_CONF:-}"'],
@@ -59,11 +59,15 @@ class Stack:
             "SPARSEGATE_PROMETHEUS_PORT": str(self.ports["prometheus"]),
             "COMPOSE_PROJECT_NAME": self.project,
         }
-        self.timings: list[tuple[str, float]] = []
+        self.capture = capture
+
+    def say(self, text: str) -> None:
+        """Into the test log even when the test passes (CI shows what the stack did)."""
+        with self.capture.global_and_fixture_disabled():
+            print(text, flush=True)
 
     def step(self, name: str, started: float) -> None:
-        self.timings.append((name, time.monotonic() - started))
-        print(f"deploy stack: {name:<44} {time.monotonic() - started:7.1f} s", flush=True)
+        self.say(f"deploy stack: {name:<44} {time.monotonic() - started:7.1f} s")
 
     def run(self, *argv: str, timeout: float = 600, check: bool = True) -> str:
         proc = subprocess.run(argv, cwd=ROOT, env=self.env, capture_output=True, text=True,
@@ -152,12 +156,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Iterator[Stack]:
-    stack = Stack(tmp_path_factory.mktemp("stack"))
+def stack(tmp_path_factory, request) -> Iterator[Stack]:
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    stack = Stack(tmp_path_factory.mktemp("stack"), capture)
     started = time.monotonic()
     images = subprocess.run(["scripts/images.sh"], cwd=ROOT, env=stack.env, text=True,
                             capture_output=True, timeout=3600)  # fmt: skip
-    print(images.stdout, end="", flush=True)
+    stack.say("\n" + images.stdout.rstrip())
     assert images.returncode == 0, images.stdout[-2000:] + images.stderr[-4000:]
     stack.step("images built (scripts/images.sh)", started)
     stack.start_service()
@@ -197,6 +202,9 @@ def test_openai_client_through_the_gateway_container(stack):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.strip()
     assert chunks[-1].usage and chunks[-1].usage.completion_tokens > 0
+    stack.say(f"deploy stack: openai client, completion from {completion.model}: "
+              f"{completion.choices[0].text!r}; streamed chat: {text!r}, "
+              f"usage {chunks[-1].usage.model_dump()}")  # fmt: skip
     with pytest.raises(openai.NotFoundError) as missing:
         client.completions.create(model="no-such-model", prompt="x", max_tokens=1)
     assert missing.value.body["type"] == "not_found_error"
@@ -232,7 +240,7 @@ def test_prometheus_in_the_stack_scrapes_gateway_and_engine(stack):
     assert set(found) == set(queries), (found, _query(stack, "up"))
     up = {r["metric"]["instance"]: r["value"][1] for r in _query(stack, "up")}
     assert up["gateway:8080"] == "1" and up["engine-dense:8000"] == "1", up
-    print(f"deploy stack: prometheus answered {found}", flush=True)
+    stack.say(f"deploy stack: prometheus answered {found}")
     stack.step("prometheus query inside the stack", started)
 
 
@@ -243,9 +251,9 @@ def test_bench_service_writes_its_result(stack, tmp_path):
     stack.run(stack.engine, "cp", f"{stack.container('bench')}:/models/bench.json",
               str(tmp_path / "bench.json"))  # fmt: skip
     (row,) = json.loads((tmp_path / "bench.json").read_text())["results"]
-    print("deploy stack: bench result " + json.dumps(
-        {k: row[k] for k in ("variant", "requests", "errors", "output_tokens_per_s",
-                             "tpot_mean_s", "dollars_per_million_bytes")}), flush=True)  # fmt: skip
+    figures = ("variant", "requests", "errors", "output_tokens_per_s", "tpot_mean_s",
+               "dollars_per_million_bytes")  # fmt: skip
+    stack.say("deploy stack: bench result " + json.dumps({k: row[k] for k in figures}))
     assert row["variant"] == "gemma-3-270m" and row["requests"] == 8
     assert row["errors"] == 0, row["first_error"]
     assert row["output_tokens"] > 0
