@@ -197,7 +197,7 @@ def test_openai_client_through_the_gateway_container(stack):
     assert completion.model == "gemma-3-270m"  # the alias routed to the dense variant
     chunks = list(client.chat.completions.create(
         model="gemma-3-270m", messages=[{"role": "user", "content": "Say hello."}],
-        max_tokens=16, stream=True, stream_options={"include_usage": True},
+        max_tokens=16, temperature=0, stream=True, stream_options={"include_usage": True},
     ))  # fmt: skip
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.strip()
