@@ -48,7 +48,7 @@ done
 wheels=${SPARSEGATE_WHEELS-$(pip config get global.find-links 2>/dev/null || true)}
 for w in $wheels; do [ -d "$w" ] && cp -r "$w/." "$inputs/wheels/"; done
 build_args=(--build-arg "BASE=$base")
-if [ -n "$(ls -A "$inputs/ca" "$inputs/wheels")" ]; then
+if [ -n "$(find "$inputs" -mindepth 2 -print -quit)" ]; then  # any file at all
   printf 'FROM scratch\nCOPY . /\n' > "$inputs/Containerfile"
   $ENGINE build -q -f "$inputs/Containerfile" -t sparsegate-build-inputs "$inputs" >/dev/null
   build_args+=(--build-arg INPUTS=sparsegate-build-inputs)
