@@ -24,12 +24,12 @@ def test_rows_cover_methods_patterns_quantization_recovery_and_control():
     assert control.steps == rows["q-wanda-50-lora"][1].steps  # the same fine-tuning
     assert rows["q-w8a8"] == ("base", Recipe(quant="w8a8"))
     # Vocabulary trimming: trimmed dense at two sizes, then pruned and quantized under it.
+    assert rows["q-trim96k"] == ("base", Recipe(trim_vocab=98304))
     assert rows["q-trim64k"] == ("base", Recipe(trim_vocab=65536))
-    assert rows["q-trim48k"] == ("base", Recipe(trim_vocab=49152))
-    assert rows["q-trim64k-w8a8"] == ("q-trim64k", Recipe(quant="w8a8"))
-    pruned_trimmed = rows["q-trim64k-sparsegpt-50"][1]
-    assert pruned_trimmed.trim_vocab == 65536 and pruned_trimmed.prune == "sparsegpt"
-    assert rows["q-trim64k-sparsegpt-50-w8a8"][0] == "q-trim64k-sparsegpt-50"
+    assert rows["q-trim96k-w8a8"] == ("q-trim96k", Recipe(quant="w8a8"))
+    pruned_trimmed = rows["q-trim96k-sparsegpt-50"][1]
+    assert pruned_trimmed.trim_vocab == 98304 and pruned_trimmed.prune == "sparsegpt"
+    assert rows["q-trim96k-sparsegpt-50-w8a8"][0] == "q-trim96k-sparsegpt-50"
 
 
 def test_recovery_rows_compare_lora_and_kd_at_equal_steps_and_text():

@@ -56,6 +56,8 @@ def test_checkpoint_and_record_agree_on_k_rows(trimmed):
     vocab = v.quality["vocab"]
     assert vocab["k"] == K and vocab["rows_kept"] == K and vocab["rows_before"] == 1024
     assert len(vocab["corpus"]["sha256"]) == 64 and vocab["corpus"]["bytes"] > 10_000_000
+    assert vocab["prior"]["source"].startswith("wordfreq 3.1.1 (en")
+    assert vocab["prior"]["words"] > 300_000 and len(vocab["prior"]["sha256"]) == 64
     for text in ("pydoc", "news"):
         assert 0 < vocab["texts"][text]["coverage"] < 1
         assert vocab["texts"][text]["tokens_per_byte_ratio"] > 1  # fewer tokens, more pieces
@@ -124,6 +126,34 @@ def test_same_corpus_same_vocabulary(trimmed, tmp_path):
         outputs.append((trimmed / name / "tokenizer.json").read_bytes())
         assert EmbeddedRegistry(trimmed).get(name).quality["vocab"]["corpus"]["files"] == 2
     assert outputs[0] == outputs[1]
+
+
+def test_english_prior_fills_the_rows_a_code_corpus_leaves(tiny_model_dir):
+    # Mined on code alone, a trimmed vocabulary splits ordinary English words; the rows the
+    # corpus does not claim go to tokens of frequent English words instead, so news prose
+    # (never seen here) costs fewer tokens at the same K, and the prior is reproducible.
+    import sysconfig
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from app.job import trim_vocab, vocab_prior
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    code = "\n".join(p.read_text() for p in sorted((stdlib / "json").glob("*.py")))
+    counts, chars = trim_vocab.mine(tok, code), trim_vocab.written_chars(code)
+    prior = vocab_prior.english_prior(tok)
+    assert prior.sha256 == vocab_prior.english_prior(tok).sha256
+    assert prior.weights == vocab_prior.english_prior(tok).weights
+    news = "\n\n".join(next(t for t in EVAL_TEXTS if t.key == "news").documents())
+    sizes = {}
+    for label, weights in (("corpus only", None), ("with prior", prior.weights)):
+        plan = trim_vocab.plan(tok, counts, K, set(), chars, weights)
+        assert len(plan.keep) == K
+        small = trim_vocab.trimmed_tokenizer(tok, plan)
+        sizes[label] = len(small(news, add_special_tokens=False)["input_ids"])
+    assert sizes["with prior"] < 0.97 * sizes["corpus only"], sizes
 
 
 def test_unigram_tokenizers_trim_too():

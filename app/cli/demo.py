@@ -16,15 +16,13 @@ from app.cli.models import RegistryOpt, _home, console
 from app.errors import SparsegateError
 
 BASE = "gemma-3-270m"
-# name -> compress arguments (the deployment file serves these names)
-# name -> (parent, compress arguments). Pruning + INT8 alone leave the 168 M-parameter
-# embedding / LM head as it is (and decode about as fast as dense); trimming the vocabulary
-# to 64k rows is what makes a variant cheaper, and under it pruning starts to pay.
+# name -> (parent, compress arguments); the deployment file serves these names. Pruning and
+# INT8 alone leave the 168 M-parameter embedding / LM head as it is (and decode about as fast
+# as dense): trimming the vocabulary is what makes a variant cheaper. 96k rows keep both
+# evaluation texts within 1.5% of dense; under the trimmed head INT8 starts to pay.
 RECIPES = {
-    f"{BASE}-trim64k": (BASE, ["--trim-vocab", "65536"]),
-    f"{BASE}-trim64k-sparsegpt50-w8a8": (
-        f"{BASE}-trim64k", ["--prune", "sparsegpt", "--sparsity", "0.5", "--quant", "w8a8"],
-    ),
+    f"{BASE}-trim96k": (BASE, ["--trim-vocab", "98304"]),
+    f"{BASE}-trim96k-w8a8": (f"{BASE}-trim96k", ["--quant", "w8a8"]),
 }  # fmt: skip
 
 

@@ -26,7 +26,7 @@ LORA_STEPS = 60
 KD_BATCH = 4
 KD_STEPS = LORA_STEPS // KD_BATCH
 # Vocabulary trimming (rows of 262,144 kept): dense, then pruned and quantized under it.
-TRIM = (65536, 49152)
+TRIM = (98304, 65536)
 
 
 def recipes(base: str, quick: bool) -> dict[str, tuple[str, Recipe]]:

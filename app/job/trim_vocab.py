@@ -8,9 +8,11 @@ alone. Trimming keeps the K rows a deployment's text uses:
   every single-character token: the alphabet), the ids the config and generation config
   name, and every token of the chat template;
 - then tokens by frequency in the mining corpus (ties: lower id first) up to a share of
-  the rows, the rest by the tokenizer's own ranking among pieces written in the corpus's
-  characters (`CORPUS_SHARE` says why); each token with its closure over BPE merges (the
-  intermediate tokens BPE builds it from), while the total stays within K;
+  the rows, the rest by a general-language prior (`app/job/vocab_prior.py`: the frequency
+  of the English words a token spells), then by the tokenizer's own ranking among pieces
+  written in the corpus's characters (`CORPUS_SHARE` says why); each token with its
+  closure over BPE merges (the intermediate tokens BPE builds it from), while the total
+  stays within K;
 - merges are kept only where both parts and the result are kept, so the trimmed
   tokenizer can never produce a removed token; a word whose original tokens are all kept
   tokenizes exactly as before (BPE builds each final token from its own characters by
@@ -143,11 +145,11 @@ def check_k(tokenizer: Any, k: int, config_ids: set[int], spec: dict | None = No
 
 
 # Share of the free rows (K minus what must be kept) filled by mining-corpus frequency; the
-# rest follow the tokenizer's own ranking (SentencePiece score / BPE merge order, i.e. the
-# frequency in the model's training text) among pieces written in the corpus's characters.
-# Corpus frequency alone leaves common English words out (a Python corpus rarely says
-# "leaders"), and a word split into pieces the model never saw together costs it far more
-# than the extra token (README: figures).
+# rest follow the general-language prior, then the tokenizer's own ranking (SentencePiece
+# score / BPE merge order) among pieces written in the corpus's characters. Corpus
+# frequency alone leaves common English words and names out (a Python corpus rarely says
+# "leaders" or "Afghanistan"), and a word split into pieces the model never saw together
+# costs it far more than the extra token (README: figures).
 CORPUS_SHARE = 0.6
 
 
@@ -163,9 +165,15 @@ def written_chars(text: str) -> set[str]:
 
 
 def plan(
-    tokenizer: Any, counts: Counter, k: int, config_ids: set[int], corpus_chars: set[str]
+    tokenizer: Any,
+    counts: Counter,
+    k: int,
+    config_ids: set[int],
+    corpus_chars: set[str],
+    prior: Counter | None = None,
 ) -> VocabPlan:
-    """`corpus_chars`: the characters the corpus is written in (`written_chars`)."""
+    """`corpus_chars`: the characters the corpus is written in (`written_chars`); `prior`:
+    token weights in the general language (`vocab_prior`), for the rows the corpus leaves."""
     spec = _tokenizer_json(tokenizer)
     rows = len(tokenizer)
     must = check_k(tokenizer, k, config_ids, spec)
@@ -197,8 +205,10 @@ def plan(
     if not _byte_level(spec):  # byte-level pieces are spelled in a byte alphabet
         written = corpus_chars | {"▁", " "}
         by_prior = [t for t in by_prior if set(inverse[t]) <= written]
+    by_language = [t for t, _ in sorted((prior or {}).items(), key=lambda kv: (-kv[1], kv[0]))]
     corpus_limit = len(must) + round(CORPUS_SHARE * (k - len(must)))
-    for order, limit in ((by_corpus, corpus_limit), (by_prior, k), (by_corpus, k)):
+    orders = ((by_corpus, corpus_limit), (by_language, k), (by_prior, k), (by_corpus, k))
+    for order, limit in orders:
         for token in order:
             if len(keep) >= limit:
                 break

@@ -1,6 +1,7 @@
 """Vocabulary trimming (`--trim-vocab K`): keep K rows of the embedding / LM head, chosen by
-frequency in a mining corpus, with the tokenizer rewritten to match (`app/job/trim_vocab.py`;
-the corpus: `app/job/vocab_corpus.py`). Structured pruning of the part no other method
+frequency in a mining corpus and then in ordinary English, with the tokenizer rewritten to
+match (`app/job/trim_vocab.py`; the corpus: `app/job/vocab_corpus.py`; the English prior:
+`app/job/vocab_prior.py`). Structured pruning of the part no other method
 touches: on Gemma 3 270M, 168 M of 268 M parameters."""
 
 from typing import Any
@@ -34,7 +35,7 @@ class Vocab(Method):
         job.extra["corpus"] = corpus
 
     def apply(self, job: Job, target: float | None = None) -> dict[str, Any] | None:
-        from app.job import trim_vocab
+        from app.job import trim_vocab, vocab_prior
         from app.job.eval_texts import EVAL_TEXTS
 
         k = self.recipe.trim_vocab
@@ -44,10 +45,12 @@ class Vocab(Method):
             f"Counting tokens in {corpus.n_bytes / 1e6:.0f} MB", total=n_chunks
         ) as advance:
             counts = trim_vocab.mine(job.tokenizer, corpus.text, lambda n: advance(n))
+        with job.steps.step("Weighing tokens by English word frequency"):
+            prior = vocab_prior.english_prior(job.tokenizer)
         with job.steps.step(f"Trimming the vocabulary to {k} tokens"):
             plan = trim_vocab.plan(
                 job.tokenizer, counts, k, trim_vocab.config_token_ids(job.model),
-                trim_vocab.written_chars(corpus.text),
+                trim_vocab.written_chars(corpus.text), prior.weights,
             )  # fmt: skip
             trimmed = trim_vocab.trimmed_tokenizer(job.tokenizer, plan)
             trim_vocab.trim_model(job.model, plan)
@@ -62,4 +65,5 @@ class Vocab(Method):
                 }
         job.tokenizer = trimmed
         return {"k": k, **plan.as_dict(), "corpus": corpus.as_dict(),
-                "corpus_share": trim_vocab.CORPUS_SHARE, "texts": texts}  # fmt: skip
+                "corpus_share": trim_vocab.CORPUS_SHARE, "prior": prior.as_dict(),
+                "texts": texts}  # fmt: skip
