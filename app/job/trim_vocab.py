@@ -199,15 +199,15 @@ def plan(
 
     by_corpus = [t for t, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
     if model["type"] == "Unigram":
-        by_prior = sorted(range(len(model["vocab"])), key=lambda i: -model["vocab"][i][1])
+        by_tokenizer = sorted(range(len(model["vocab"])), key=lambda i: -model["vocab"][i][1])
     else:
-        by_prior = sorted(inverse)
+        by_tokenizer = sorted(inverse)
     if not _byte_level(spec):  # byte-level pieces are spelled in a byte alphabet
         written = corpus_chars | {"▁", " "}
-        by_prior = [t for t in by_prior if set(inverse[t]) <= written]
+        by_tokenizer = [t for t in by_tokenizer if set(inverse[t]) <= written]
     by_language = [t for t, _ in sorted((prior or {}).items(), key=lambda kv: (-kv[1], kv[0]))]
     corpus_limit = len(must) + round(CORPUS_SHARE * (k - len(must)))
-    orders = ((by_corpus, corpus_limit), (by_language, k), (by_prior, k), (by_corpus, k))
+    orders = ((by_corpus, corpus_limit), (by_language, k), (by_tokenizer, k), (by_corpus, k))
     for order, limit in orders:
         for token in order:
             if len(keep) >= limit:

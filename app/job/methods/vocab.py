@@ -1,8 +1,8 @@
 """Vocabulary trimming (`--trim-vocab K`): keep K rows of the embedding / LM head, chosen by
 frequency in a mining corpus and then in ordinary English, with the tokenizer rewritten to
 match (`app/job/trim_vocab.py`; the corpus: `app/job/vocab_corpus.py`; the English prior:
-`app/job/vocab_prior.py`). Structured pruning of the part no other method
-touches: on Gemma 3 270M, 168 M of 268 M parameters."""
+`app/job/vocab_prior.py`). Structured pruning of the part no other method touches: on
+Gemma 3 270M, 168 M of 268 M parameters."""
 
 from typing import Any
 
