@@ -41,6 +41,7 @@ def test_overlapping_requests_share_the_busy_time():
     assert share_b == pytest.approx(2 / 2 + 3 / 3 + 2 / 2)
     assert share_c == pytest.approx(3 / 3 + 2 / 2 + 1)
     assert share_a + share_b + share_c == pytest.approx(9.0)  # busy time, charged once
+    assert sharing.busy_s == pytest.approx(9.0)
 
 
 def test_idle_time_is_charged_to_nobody():
@@ -50,6 +51,7 @@ def test_idle_time_is_charged_to_nobody():
     mark = sharing.enter()
     clock.now = 101.0
     assert sharing.leave(mark) == pytest.approx(1.0)
+    assert sharing.busy_s == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,7 @@ class Engine:
     timeout_s: float  # the longest wait for the engine's next byte
     inflight: int = 0
     clock: SharingClock = field(default_factory=SharingClock)
+    _busy_counted: float = field(default=0.0, repr=False)
     _session: aiohttp.ClientSession | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -68,13 +69,21 @@ class Engine:
     def enter(self) -> float:
         self.inflight += 1
         m.INFLIGHT.labels(self.name).inc()
-        return self.clock.enter()
+        mark = self.clock.enter()
+        self._count_busy()
+        return mark
 
     def leave(self, mark: float) -> float:
         """Returns the request's share of this engine's busy seconds."""
         self.inflight -= 1
         m.INFLIGHT.labels(self.name).dec()
-        return self.clock.leave(mark)
+        share = self.clock.leave(mark)
+        self._count_busy()
+        return share
+
+    def _count_busy(self) -> None:
+        m.BUSY.labels(self.name).inc(self.clock.busy_s - self._busy_counted)
+        self._busy_counted = self.clock.busy_s
 
     async def ready(self) -> bool:
         try:

@@ -4,7 +4,8 @@ An engine costs `price_per_hour` whether it is busy or idle. While it serves n r
 once, each is charged 1/n of the elapsed time (processor sharing), so the charges of all
 requests add up to price x busy time exactly, and a request that shares a batch with 15
 others costs a sixteenth of one served alone. Idle time is not charged to any request:
-it shows as price x wall time minus the attributed cost.
+it shows as price x wall time minus the attributed cost, and `busy_s` (time with at least
+one request in flight) is what the charges must add up to.
 """
 
 import time
@@ -18,11 +19,13 @@ class SharingClock:
         self._last = clock()
         self._virtual = 0.0
         self._inflight = 0
+        self.busy_s = 0.0
 
     def _advance(self) -> float:
         now = self._clock()
         if self._inflight:
             self._virtual += (now - self._last) / self._inflight
+            self.busy_s += now - self._last
         self._last = now
         return self._virtual
 

@@ -82,6 +82,11 @@ COST = Counter(
     "Engine cost attributed to the requests it served (price per hour x shared busy time)",
     VA,
 )
+BUSY = Counter(
+    "sparsegate_engine_busy_seconds",
+    "Seconds each engine had a request of this gateway in flight (x price: what costs add to)",
+    ["variant"],
+)
 PRICE = Gauge(
     "sparsegate_engine_price_dollars_per_hour",
     "Configured price of the machine each variant's engine runs on",

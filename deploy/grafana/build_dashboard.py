@@ -72,6 +72,8 @@ PANELS = [
        f'{rate("sparsegate_generation_seconds_total")}', "{{variant}}")]),
     ("In-flight requests", "short",
      [("sum by (variant) (sparsegate_inflight_requests)", "{{variant}}")]),
+    ("Engine busy share (time with a request in flight; idle is price not charged)", "percentunit",
+     [(rate("sparsegate_engine_busy_seconds_total"), "{{variant}}")]),
     ("Fallbacks", "short",
      [("sum by (alias, from_variant, to_variant) (increase(sparsegate_fallbacks_total"
        f"{R}))", "{{alias}}: {{from_variant}} -> {{to_variant}}")]),
