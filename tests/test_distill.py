@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.errors import SparsegateError
-from app.job.distill import KDSettings, kd_recover, mean_kl, token_map
+from app.job.distill import KDSettings, kd_recover, mean_kl, teacher_windows, token_map
 from app.job.stats import prunable_linears
 from app.job.text import token_windows
 from app.registry.embedded import EmbeddedRegistry
@@ -110,11 +110,31 @@ def test_trimmed_student_reads_its_teacher_through_the_token_map(tiny):
         token_map(Foreign(), tokenizer)
 
 
+def test_teacher_text_is_seeded_and_continues_each_prompt(tiny):
+    model, tokenizer, train, _ = tiny
+    # 10 prompts: a full generation batch and a partial one, of unequal lengths.
+    prompts = [tokenizer.decode(w[: 12 + i % 5], skip_special_tokens=True) for i, w in
+               enumerate(train[:10])]  # fmt: skip
+
+    def generate(seed: int) -> list[list[int]]:
+        return teacher_windows(model, tokenizer, tokenizer, prompts, 48, seed)
+
+    first = generate(seed=3)
+    assert first == generate(seed=3) and first != generate(seed=4)
+    assert len(first) == len(prompts) and all(len(w) == 48 for w in first)
+    for prompt, window in zip(prompts, first, strict=True):
+        # Each batch is cut to its shortest prompt (12 tokens here), so every window opens
+        # with its own prompt's first words, then goes on in the teacher's words.
+        opening = tokenizer.decode(tokenizer(prompt, add_special_tokens=False).input_ids[:8])
+        assert tokenizer.decode(window).startswith(opening)
+        assert window != tokenizer(prompt, add_special_tokens=False).input_ids[:48]
+
+
 def test_compress_recovers_with_kd_and_reports_it(tiny_registry):
     proc = run_cli(
         "compress", "tiny", "--prune", "magnitude", "--sparsity", "0.5", "--recover", "kd",
         "--steps", "3", "--lr", "1e-3", "--name", "tiny-kd", "--calibration-samples", "4",
-        "--eval-windows", "2", registry=tiny_registry,
+        "--eval-windows", "2", "--teacher-text", "3", registry=tiny_registry,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr + proc.stdout
     reg = EmbeddedRegistry(tiny_registry)
@@ -123,6 +143,7 @@ def test_compress_recovers_with_kd_and_reports_it(tiny_registry):
     reg.remove("tiny-kd")  # the session's tiny registry stays as other tests expect it
     (rec,) = report["recovery"]
     assert rec["method"] == "kd" and len(rec["losses"]) == 3 and rec["zeros_held"]
+    assert rec["teacher_windows"] == 3 and rec["windows"] == 3 + 4  # generated + calibration
     assert rec["sparsity_before"] == rec["sparsity_after"] == pytest.approx(variant.sparsity)
     assert set(report["before_recovery"]) == set(report["variant"]["scores"]) == {"pydoc", "news"}
     assert variant.recipe["recover"] == "kd" and variant.parent == "tiny"

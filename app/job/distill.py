@@ -201,3 +201,42 @@ def mean_kl(
         )
         total += kl.item()
     return total / len(windows)
+
+
+GENERATION_BATCH = 8  # prompts the teacher continues at once
+
+
+@torch.no_grad()
+def teacher_windows(
+    teacher: nn.Module,
+    teacher_tokenizer: Any,
+    student_tokenizer: Any,
+    prompts: list[str],
+    seq_len: int,
+    seed: int,
+    on_window: Callable[[], None] = lambda: None,
+) -> list[list[int]]:
+    """Text the teacher writes after each prompt (sampled, top-p 0.95, seeded), re-read with
+    the student's tokenizer into windows of `seq_len` tokens; a text that re-reads shorter
+    is dropped. Prompts go GENERATION_BATCH at a time, each batch cut to its shortest
+    prompt so that no padding enters generation (left padding would shift positions)."""
+    torch.manual_seed(seed)
+    out: list[list[int]] = []
+    for start in range(0, len(prompts), GENERATION_BATCH):
+        batch = prompts[start : start + GENERATION_BATCH]
+        encoded = [teacher_tokenizer(p).input_ids for p in batch]
+        shortest = min(len(ids) for ids in encoded)
+        ids = torch.tensor([e[:shortest] for e in encoded])
+        # The +64 covers a student tokenizer that reads the same text in fewer tokens.
+        generated = teacher.generate(
+            ids, attention_mask=torch.ones_like(ids), do_sample=True, top_p=0.95,
+            max_new_tokens=seq_len + 64, min_new_tokens=seq_len + 64,
+            pad_token_id=teacher_tokenizer.pad_token_id,
+        )  # fmt: skip
+        for row in generated:
+            text = teacher_tokenizer.decode(row, skip_special_tokens=True)
+            window = student_tokenizer(text, add_special_tokens=False).input_ids[:seq_len]
+            if len(window) == seq_len:
+                out.append(window)
+            on_window()
+    return out

@@ -42,7 +42,7 @@ class KD(Method):
         job.extra["teacher"] = (name, teacher, tokenizer)
 
     def apply(self, job: Job, target: float | None = None) -> dict[str, Any] | None:
-        from app.job.distill import KDSettings, kd_recover, token_map
+        from app.job.distill import KDSettings, kd_recover, teacher_windows, token_map
 
         r = self.recipe
         target = target or 0.0
@@ -51,7 +51,14 @@ class KD(Method):
         windows = list(job.calib)
         if r.teacher_text:
             with job.steps.step("Generating teacher text", total=r.teacher_text) as advance:
-                windows += self._teacher_windows(job, teacher, t_tokenizer, advance)
+                prompts = [
+                    job.tokenizer.decode(job.calib[i % len(job.calib)][:16])
+                    for i in range(r.teacher_text)
+                ]
+                windows += teacher_windows(
+                    teacher, t_tokenizer, job.tokenizer, prompts, r.seq_len, r.seed,
+                    on_window=advance,
+                )  # fmt: skip
         cfg = KDSettings(
             steps=r.steps, lr=r.lr or KDSettings.lr, batch=r.batch, seed=r.seed,
             temperature=r.temperature, ce_weight=r.ce_weight, feature_weight=r.feature_weight,
@@ -69,28 +76,3 @@ class KD(Method):
             "method": self.name, "sparsity": target, "teacher": name, **report.as_dict(),
             **settings, "windows": len(windows), "teacher_windows": len(windows) - len(job.calib),
         }  # fmt: skip
-
-    def _teacher_windows(
-        self, job: Job, teacher: Any, t_tokenizer: Any, advance: Any
-    ) -> list[list[int]]:
-        """Text the teacher writes from the first tokens of calibration windows (sampled,
-        seeded), re-read with the student's tokenizer into windows of the same length."""
-        import torch
-
-        r = self.recipe
-        torch.manual_seed(r.seed)
-        out: list[list[int]] = []
-        for i in range(r.teacher_text):
-            prompt = job.tokenizer.decode(job.calib[i % len(job.calib)][:16])
-            ids = t_tokenizer(prompt, return_tensors="pt").input_ids
-            with torch.no_grad():
-                gen = teacher.generate(
-                    ids, do_sample=True, top_p=0.95, max_new_tokens=r.seq_len + 64,
-                    min_new_tokens=r.seq_len + 64,
-                )  # fmt: skip
-            text = t_tokenizer.decode(gen[0], skip_special_tokens=True)
-            window = job.tokenizer(text, add_special_tokens=False).input_ids[: r.seq_len]
-            if len(window) == r.seq_len:
-                out.append(window)
-            advance()
-        return out
