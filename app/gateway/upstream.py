@@ -42,7 +42,6 @@ class Engine:
     timeout_s: float  # the longest wait for the engine's next byte
     inflight: int = 0
     clock: SharingClock = field(default_factory=SharingClock)
-    _busy_counted: float = field(default=0.0, repr=False)
     _session: aiohttp.ClientSession | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -69,21 +68,19 @@ class Engine:
     def enter(self) -> float:
         self.inflight += 1
         m.INFLIGHT.labels(self.name).inc()
+        busy = self.clock.busy_s
         mark = self.clock.enter()
-        self._count_busy()
+        m.BUSY.labels(self.name).inc(self.clock.busy_s - busy)
         return mark
 
     def leave(self, mark: float) -> float:
         """Returns the request's share of this engine's busy seconds."""
         self.inflight -= 1
         m.INFLIGHT.labels(self.name).dec()
+        busy = self.clock.busy_s
         share = self.clock.leave(mark)
-        self._count_busy()
+        m.BUSY.labels(self.name).inc(self.clock.busy_s - busy)
         return share
-
-    def _count_busy(self) -> None:
-        m.BUSY.labels(self.name).inc(self.clock.busy_s - self._busy_counted)
-        self._busy_counted = self.clock.busy_s
 
     async def ready(self) -> bool:
         try:
