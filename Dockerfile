@@ -43,10 +43,10 @@ RUN --mount=type=bind,from=inputs,target=/inputs \
 # The out-of-domain evaluation text: a pinned wheel's data file, checked by sha256.
 ENV SPARSEGATE_DATA=/opt/sparsegate-data
 COPY app/__init__.py app/errors.py /opt/build/texts/app/
-COPY app/job/__init__.py app/job/eval_texts.py /opt/build/texts/app/job/
+COPY app/texts /opt/build/texts/app/texts/
 RUN --mount=type=bind,from=inputs,target=/inputs \
     PYTHONPATH=/opt/build/texts /opt/build/with-inputs.sh \
-    python -m app.job.eval_texts fetch "$SPARSEGATE_DATA"
+    python -m app.texts.evaluation fetch "$SPARSEGATE_DATA"
 # Code last, installed without dependencies (they are in the layer above).
 COPY README.md ./
 COPY app ./app

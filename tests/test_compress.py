@@ -134,7 +134,7 @@ def served(variants, engines):
 
 
 def test_vllm_serves_every_variant_as_evaluated(variants, default_registry, served):
-    from app.job.eval_texts import EVAL_TEXTS
+    from app.texts.evaluation import EVAL_TEXTS
 
     urls = {name: url for name, url in served.items() if name in JOBS}
     for name, url in urls.items():
@@ -185,7 +185,7 @@ def test_unknown_base(default_registry):
 
 
 def test_calibration_file_may_not_hold_evaluation_text(default_registry, tmp_path):
-    from app.job.text import pydoc_texts
+    from app.texts.corpus import pydoc_texts
 
     leaky = tmp_path / "calib.txt"
     leaky.write_text("some text\n" + pydoc_texts("evaluation")[0])

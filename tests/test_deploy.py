@@ -246,6 +246,41 @@ def test_gateway_never_imports_torch():
     assert proc.returncode == 0, proc.stderr
 
 
+def _imported_modules(folder: Path) -> dict[str, set[str]]:
+    """Every module each file under `folder` imports, at any depth (lazy imports too)."""
+    import ast
+
+    out = {}
+    for path in folder.rglob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+        out[str(path.relative_to(ROOT))] = names
+    return out
+
+
+@pytest.mark.parametrize(
+    ("folders", "forbidden"),
+    [
+        (("gateway", "engines", "metrics", "bench"), ("app.job",)),
+        (("texts",), ("app.job", "app.gateway", "app.engines", "app.metrics", "app.bench",
+                      "torch")),
+    ],
+)  # fmt: skip
+def test_layers_import_only_what_lies_below_them(folders, forbidden):
+    """The serving side never reaches into the offline job; the shared texts and bits-per-byte
+    arithmetic import none of the layers that use them (nor torch)."""
+    found = []
+    for folder in folders:
+        for path, names in _imported_modules(ROOT / "app" / folder).items():
+            found += [(path, n) for n in names if n.split(".")[0] in forbidden
+                      or any(n == f or n.startswith(f + ".") for f in forbidden)]  # fmt: skip
+    assert not found
+
+
 def test_grafana_dashboard_is_built_from_its_script():
     """The committed JSON is what deploy/grafana/build_dashboard.py writes (no drift)."""
     import importlib.util

@@ -67,3 +67,59 @@ def test_histogram_quantile_interpolates_like_prometheus(q, expected):
 def test_histogram_quantile_of_nothing_is_none():
     assert histogram_quantile(0.5, []) is None
     assert histogram_quantile(0.5, [(0.1, 0.0), (float("inf"), 0.0)]) is None
+
+
+def test_step_fit_recovers_the_step_time_model():
+    import random
+
+    from app.metrics.equal_work import fit_steps
+
+    rng = random.Random(0)
+    sums = dict.fromkeys(("n", "t", "p", "g", "pp", "gg", "pg", "tp", "tg"), 0.0)
+    for _ in range(500):
+        p = rng.choice([0, 0, 0, rng.randrange(10, 400)])  # mostly decode steps
+        g = rng.randrange(1, 9)
+        t = 0.002 + 1e-5 * p + 2e-4 * g + rng.gauss(0, 1e-5)
+        for key, v in (("n", 1), ("t", t), ("p", p), ("g", g), ("pp", p * p), ("gg", g * g),
+                       ("pg", p * g), ("tp", t * p), ("tg", t * g)):  # fmt: skip
+            sums[key] += v
+    fit = fit_steps(sums)
+    assert fit.a == pytest.approx(0.002, rel=0.02)
+    assert fit.b_p == pytest.approx(1e-5, rel=0.02)
+    assert fit.b_g == pytest.approx(2e-4, rel=0.05)
+    # A reference request: 100 prompt and 50 output tokens among 4 in flight.
+    assert fit.request_seconds(100, 50, 4) == pytest.approx(50 * 0.002 / 4 + 1e-3 + 0.01, rel=0.03)
+
+
+def test_step_fit_folds_a_constant_batch_into_the_fixed_cost():
+    from app.metrics.equal_work import fit_steps
+
+    sums = dict.fromkeys(("n", "t", "p", "g", "pp", "gg", "pg", "tp", "tg"), 0.0)
+    for i in range(100):
+        p, g = (200 if i % 10 == 0 else 0), 4  # the batch never changes size
+        t = 0.002 + 1e-5 * p + 2e-4 * g
+        for key, v in (("n", 1), ("t", t), ("p", p), ("g", g), ("pp", p * p), ("gg", g * g),
+                       ("pg", p * g), ("tp", t * p), ("tg", t * g)):  # fmt: skip
+            sums[key] += v
+    fit = fit_steps(sums)
+    assert fit.b_g == 0 and fit.a == pytest.approx(0.002 + 4 * 2e-4)
+    assert fit.b_p == pytest.approx(1e-5)
+    assert fit_steps({**sums, "n": 5}) is None  # too few steps to fit
+
+
+def test_paired_ratio_interval_covers_the_true_ratio():
+    import random
+
+    from app.texts.bpb import PairedSums
+
+    assert PairedSums.of([(3.0, 3.0), (5.0, 5.0)]).interval() == (1.0, 1.0)
+    rng = random.Random(1)
+    covered = 0
+    for _ in range(400):
+        pairs = []
+        for _ in range(30):
+            y = rng.uniform(100, 200)
+            pairs.append((1.05 * y * (1 + rng.gauss(0, 0.05)), y))
+        low, high = PairedSums.of(pairs).interval()
+        covered += low <= 1.05 <= high
+    assert 0.90 <= covered / 400 <= 0.98

@@ -39,7 +39,7 @@ def gateway(tiny_engines, tiny_registry, start_gateway):
     deployment = {
         "variants": variants,
         "aliases": {
-            "tiny": {"split": {"tiny-a": 1.0},
+            "tiny": {"split": {"tiny-a": 1.0}, "quality_sample": 1.0,
                      "shadow": {"variant": "tiny-p", "fraction": 1.0}},
             "standby": {"split": {"dead": 1.0, "tiny-a": 0.0}},
         },
@@ -85,16 +85,22 @@ def test_compare_puts_each_variant_beside_its_dense_base(gateway, tiny_registry)
     assert (p["parameters"], p["bytes"]) == (pruned.param_count, pruned.bytes_on_disk)
     assert a["bytes"] == dense.bytes_on_disk
     assert p["bytes"] < a["bytes"]  # sparse at rest
-    for row in (a, p):
+    for name, row in (("tiny-a", a), ("tiny-p", p)):
         assert row["requests"] >= 6 and row["errors"] == 0
         assert 0 < row["ttft_p50_s"] <= row["ttft_p95_s"]
         assert 0 < row["itl_p50_s"] <= row["itl_p95_s"]
-        assert row["tokens_per_s_per_stream"] > 0 and row["dollars_per_million_tokens"] > 0
-        # Cost per unit of text: the gateway counted the bytes it streamed and returned.
-        assert row["completion_bytes"] > 0
-        assert row["dollars_per_million_bytes"] == pytest.approx(
-            row["dollars_per_million_tokens"] * row["completion_tokens"] / row["completion_bytes"]
+        assert row["tokens_per_s_per_stream"] > 0
+        # Raw cost per unit of text: the engine's charges to user traffic (its own ledger)
+        # over the bytes the gateway streamed and returned.
+        assert row["engine_read"] and row["completion_bytes"] > 0 and row["charged_s"]["user"] > 0
+        assert row["raw_dollars_per_million_bytes"] == pytest.approx(
+            PRICES[name] * row["charged_s"]["user"] / 3600 / row["completion_bytes"] * 1e6
         )
+        # Equal work: the step fit of each engine prices the same reference request.
+        assert row["step_cost_s"]["steps"] >= 20 and row["equal_work_dollars_per_million_bytes"] > 0
+    assert p["charged_s"]["shadow"] > 0 and a["charged_s"]["shadow"] == 0  # shadow: its account
+    mix = httpx.get(f"{gateway}/v1/variants/compare").json()["reference_mix"]
+    assert mix["output_bytes"] > 0 and mix["prompt_bytes"] > 0 and mix["inflight"] >= 1
     for text in ("pydoc", "news"):  # registry facts: bits per byte in and out of domain
         assert p[f"bpb_ratio_{text}"] == pytest.approx(pruned.quality["bpb_ratio"][text])
         assert a[f"bpb_ratio_{text}"] == 1.0
@@ -125,10 +131,24 @@ def test_dashboard_page_renders_in_chromium(gateway, tiny_registry):
     for variant in ("tiny-a", "tiny-p"):  # a bar per variant in the charts
         assert re.search(rf'<rect [^>]*data-variant="{variant}"', dom)
     assert dom.count("<svg") >= 8  # one chart per figure
-    # Quality against cost: a point per variant and text, the Pareto front drawn.
+    # Quality against cost: a point per variant and text, inside the plot, on real axes.
     pareto = dom[dom.index('id="pareto"') :].split("</svg>")[0]
+    left, top, right, bottom = map(float, re.search(r'data-plot="([^"]+)"', pareto)[1].split(","))
+    points = re.findall(r'<circle cx="([^"]+)" cy="([^"]+)"[^>]*data-variant="([^"]+)"', pareto)
     for variant in ("tiny-a", "tiny-p"):
-        assert len(re.findall(rf'<circle [^>]*data-variant="{variant}"', pareto)) == 2
+        assert sum(v == variant for *_, v in points) >= 2
+    for x, y, _ in points:
+        assert left <= float(x) <= right and top <= float(y) <= bottom
+    # Ticks on both axes, labelled with their values, placed along the plot's sides.
+    x_ticks = re.findall(r'<text x="([^"]+)"[^>]*class="tick-x" data-value="([^"]+)">\$', pareto)
+    y_ticks = re.findall(
+        r'<text x="[^"]+" y="([^"]+)"[^>]*class="tick-y" data-value="([^"]+)">', pareto
+    )
+    assert len(x_ticks) >= 2 and len(y_ticks) >= 2, pareto[:3000]
+    for ticks, lo, hi in ((x_ticks, left, right), (y_ticks, top, bottom)):
+        assert all(lo - 1 <= float(pos) <= hi + 1 for pos, _ in ticks)
+        values = [float(v) for _, v in ticks]
+        assert values == sorted(values) and len(set(values)) == len(values)
 
 
 def _panel_queries() -> list[tuple[str, str]]:

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from app.engines.scoring import served_bits_per_byte
-from app.job.eval_texts import EVAL_TEXTS
 from app.registry.embedded import EmbeddedRegistry
+from app.texts.evaluation import EVAL_TEXTS
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow

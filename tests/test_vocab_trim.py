@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from app.job.eval_texts import EVAL_TEXTS
 from app.registry.embedded import EmbeddedRegistry
+from app.texts.evaluation import EVAL_TEXTS
 from tests.conftest import run_cli
 
 K = 600  # of the tiny model's 1024 tokens; 4 special + 256 byte-level characters must stay
@@ -161,7 +161,7 @@ def test_unigram_tokenizers_trim_too():
     from transformers import PreTrainedTokenizerFast
 
     from app.job import trim_vocab
-    from app.job.text import pydoc_texts
+    from app.texts.corpus import pydoc_texts
 
     tok = Tokenizer(models.Unigram())
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
@@ -207,7 +207,7 @@ def test_tokenizers_of_other_kinds_are_refused():
     ],
 )
 def test_bad_input_is_one_line_and_registers_nothing(trimmed, tmp_path, args, message):
-    from app.job.eval_texts import NEWS, PYDOC
+    from app.texts.evaluation import NEWS, PYDOC
 
     files = {
         "CORPUS": "some text " * 100,

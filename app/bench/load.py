@@ -56,7 +56,7 @@ class Outcome:
 
 
 def _words() -> list[str]:
-    from app.job.text import pydoc_texts
+    from app.texts.corpus import pydoc_texts
 
     return sorted(set(" ".join(pydoc_texts("calibration")).split()))
 

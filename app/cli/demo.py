@@ -113,27 +113,51 @@ def _wait_ready(url: str, server: subprocess.Popen, log: Path, timeout: float = 
     raise SparsegateError(f"engines not ready after {timeout:.0f} s; see {log}")
 
 
-def _shadow_sample(url: str, n: int = 16) -> None:
-    """Greedy requests to the `gemma` alias: half are shadowed to the candidate."""
+def _shadow_sample(url: str, n: int = 24) -> None:
+    """Greedy requests to the `gemma` alias: some are shadowed to the candidate, some
+    scored under it (live quality); waits until the background work is done."""
     import random
 
     from app.bench.load import Load, prompts
 
-    with console.status(f"{n} greedy requests to the alias `gemma` (shadowed)"):
-        with httpx.Client(base_url=url, timeout=120) as http:
-            for prompt in prompts(Load(prompt_words=32), n, random.randrange(1 << 30)):
-                body = {"model": "gemma", "prompt": prompt, "max_tokens": 32, "temperature": 0}
-                http.post("/v1/completions", json=body).raise_for_status()
-        time.sleep(3)  # the shadow copies run after each response
+    status = console.status(f"{n} greedy requests to the alias `gemma` (shadowed, scored)")
+    with status, httpx.Client(base_url=url, timeout=120) as http:
+        for prompt in prompts(Load(prompt_words=32), n, random.randrange(1 << 30)):
+            body = {"model": "gemma", "prompt": prompt, "max_tokens": 32, "temperature": 0}
+            http.post("/v1/completions", json=body).raise_for_status()
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and _background_pending(http):
+            time.sleep(1)
+
+
+def _background_pending(http: httpx.Client) -> bool:
+    """Whether shadow copies or quality scoring are still in flight or waiting."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = http.get("/metrics").text
+    busy = ("sparsegate_inflight_requests", "sparsegate_quality_pending")
+    return any(
+        s.value > 0 for f in text_string_to_metric_families(text) if f.name in busy
+        for s in f.samples
+    )  # fmt: skip
+
+
+def _live(row: dict) -> str:
+    if row["live_bpb_ratio"] is None:
+        return "–"
+    ci = row["live_bpb_ratio_ci95"]
+    interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+    return f"{row['live_bpb_ratio']:.3f}{interval}, {row['live_bpb_samples']:.0f}"
 
 
 def _summary(url: str, home: Path, started: float) -> None:
     from rich.table import Table
 
     rows = httpx.get(f"{url}/v1/variants/compare", timeout=10).json()["data"]
-    table = Table(title="quality and agreement (registry + shadow traffic)")
-    for col in ("variant", "bits/byte ×dense pydoc", "news (out of domain)", "params",
-                "MB at rest", "sparsity", "shadow agreement"):  # fmt: skip
+    table = Table(title="quality: registry, live traffic (bits per byte), shadow agreement")
+    for col in ("variant", "bits/byte ×dense pydoc", "news (out of domain)",
+                "live bits/byte ×dense (95%, texts)", "params", "MB at rest",
+                "shadow agreement (secondary)"):  # fmt: skip
         table.add_column(col, justify="left" if col == "variant" else "right")
     for r in rows:
         agree = r["shadow_prefix_agreement"]
@@ -141,9 +165,9 @@ def _summary(url: str, home: Path, started: float) -> None:
             r["variant"] + (" (dense)" if r["is_base"] else ""),
             "–" if r["bpb_ratio_pydoc"] is None else f"{r['bpb_ratio_pydoc']:.3f}",
             "–" if r["bpb_ratio_news"] is None else f"{r['bpb_ratio_news']:.3f}",
+            _live(r),
             "–" if r["parameters"] is None else f"{r['parameters'] / 1e6:.1f} M",
             "–" if r["bytes"] is None else f"{r['bytes'] / 1e6:.0f}",
-            "–" if r["sparsity"] is None else f"{r['sparsity']:.1%}",
             "–" if agree is None else f"{agree:.1%} of tokens ({r['shadow_compared']:.0f} req)",
         )
     console.print(table)

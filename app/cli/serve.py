@@ -105,7 +105,7 @@ def engine(
     registry: RegistryOpt = None,
 ) -> None:
     """Run one vLLM engine for a registered variant (what engine containers run)."""
-    from app.engines.vllm_process import EngineSettings
+    from app.engines.vllm_process import EngineSettings, engine_environment
 
     folder = _open(registry).servable_path(variant)  # expands sparse-at-rest weights
     settings = EngineSettings(
@@ -113,6 +113,6 @@ def engine(
         kv_cache_gib=kv_cache_gib, attention_backend=attention_backend, compile=compile,
     )  # fmt: skip
     console.print(f"serving {variant} from {folder} on {settings.url}")
-    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+    env = {**engine_environment(os.environ, variant), "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)}
     # Become the engine: signals (docker stop) reach vLLM directly.
-    os.execv(settings.python, settings.command())
+    os.execve(settings.python, settings.command(), env)

@@ -1,8 +1,8 @@
 """Quality as served: ask the engine for the log-probability of every prompt token."""
 
-import math
-
 import httpx
+
+from app.texts.bpb import bits_per_byte
 
 
 def served_nll(url: str, model: str, sequences: list[list[int]], timeout: float = 300) -> float:
@@ -22,12 +22,12 @@ def served_nll(url: str, model: str, sequences: list[list[int]], timeout: float 
 
 
 def served_bits_per_byte(url: str, model: str, folder, spans: list[str]) -> float:
-    """Bits per byte of text spans as the job scores them (`app.job.eval_texts.encode_spans`
+    """Bits per byte of text spans as the job scores them (`app.texts.evaluation.encode_spans`
     with the variant's own tokenizer), from the engine's prompt log-probabilities."""
     from transformers import AutoTokenizer
 
-    from app.job.eval_texts import encode_spans
+    from app.texts.evaluation import encode_spans
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     nll = served_nll(url, model, encode_spans(tokenizer, spans))
-    return nll / math.log(2) / sum(len(s.encode()) for s in spans)
+    return bits_per_byte(nll, sum(len(s.encode()) for s in spans))

@@ -14,6 +14,8 @@ import httpx
 
 from app.errors import SparsegateError
 
+LEDGER = "app.engines.ledger.Ledger"
+
 
 @dataclass
 class EngineSettings:
@@ -44,6 +46,8 @@ class EngineSettings:
             "--port", str(self.port),
             "--max-model-len", str(self.max_model_len),
             "--dtype", self.dtype,
+            # The engine's own cost ledger (app/engines/ledger.py), whoever sends to it.
+            "--middleware", LEDGER,
         ]  # fmt: skip
         if not self.compile:
             cmd.append("-O0")
@@ -63,8 +67,8 @@ class VllmProcess:
 
     def start(self) -> None:
         env = {
-            **os.environ, "VLLM_CPU_KVCACHE_SPACE": str(self.settings.kv_cache_gib),
-            **self.settings.env,
+            **engine_environment(os.environ, self.settings.served_name),
+            "VLLM_CPU_KVCACHE_SPACE": str(self.settings.kv_cache_gib), **self.settings.env,
         }  # fmt: skip
         out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         # Own session and process group: vLLM's API server forks its EngineCore, which
@@ -124,6 +128,14 @@ class VllmProcess:
     def stop(self, grace: float = 10) -> None:
         self.terminate()
         self.reap(time.monotonic() + grace)
+
+
+def engine_environment(parent, variant: str) -> dict[str, str]:
+    """The engine's environment: the parent's, less the gateway workers' metrics folder (an
+    engine writing its metrics there would mix them into the gateway's /metrics, and vLLM
+    would read the gateway's files), plus the variant its ledger books under."""
+    env = {k: v for k, v in parent.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    return {**env, "SPARSEGATE_VARIANT": variant}
 
 
 def stop_all(engines: list[VllmProcess], grace: float = 10) -> None:

@@ -3,7 +3,6 @@
 import itertools
 
 from app.metrics import definitions as m
-from app.metrics.cost import dollars
 
 # outcome label values
 OK, ENGINE_ERROR, ABORTED, TIMEOUT = "ok", "engine_error", "aborted", "timeout"
@@ -19,9 +18,10 @@ def record_request(
     status: int,
     timings=None,
     usage: dict | None = None,
-    busy_share_s: float = 0.0,
-    price_per_hour: float = 0.0,
+    prompt: str | None = None,
 ) -> None:
+    """The engine's own ledger (app/engines/ledger.py) books the request's cost; here the
+    gateway counts what it saw: requests, tokens, bytes of text, latencies."""
     labels = (variant or "none", alias or "none")
     m.REQUESTS.labels(*labels, route, outcome, str(status)).inc()
     if usage:
@@ -29,8 +29,11 @@ def record_request(
         m.COMPLETION_TOKENS.labels(*labels).inc(usage.get("completion_tokens") or 0)
     if timings is not None and timings.output_bytes:
         m.COMPLETION_BYTES.labels(*labels).inc(timings.output_bytes)
-    if busy_share_s and price_per_hour:
-        m.COST.labels(*labels).inc(dollars(price_per_hour, busy_share_s))
+    if outcome == OK and usage:
+        prompt_bytes = len(prompt.encode()) if prompt is not None else None
+        if prompt_bytes:
+            m.PROMPT_BYTES.labels(*labels).inc(prompt_bytes)
+        count_text(variant, usage, prompt_bytes, timings.output_bytes if timings else 0)
     if timings is None or outcome != OK:
         return
     if timings.end is not None:
@@ -45,3 +48,14 @@ def record_request(
         m.GENERATION_SECONDS.labels(*labels).inc(events[-1] - events[0])
         streamed = (usage or {}).get("completion_tokens") or len(events)
         m.STREAMED_TOKENS.labels(*labels).inc(max(streamed - 1, 0))
+
+
+def count_text(variant: str, usage: dict, prompt_bytes: int | None, output_bytes: int) -> None:
+    """Tokens and bytes of the same texts in this variant's tokenizer: its tokens per byte,
+    which turns a reference request in bytes into this variant's tokens (equal work)."""
+    parts = (("prompt", usage.get("prompt_tokens"), prompt_bytes),
+             ("output", usage.get("completion_tokens"), output_bytes))  # fmt: skip
+    for part, tokens, n_bytes in parts:
+        if tokens and n_bytes:
+            m.TEXT_TOKENS.labels(variant, part).inc(tokens)
+            m.TEXT_BYTES.labels(variant, part).inc(n_bytes)

@@ -15,11 +15,13 @@ from pydantic import ValidationError
 
 from app.gateway import accounting as acc
 from app.gateway.config import Deployment, load_deployment, resolve_production
+from app.gateway.engine_books import EngineBooks
 from app.gateway.errors import GatewayError, error_response
 from app.gateway.openapi import MAX_NESTING, openapi_schema
 from app.gateway.protocol import ChatCompletionRequest, CompletionLike, CompletionRequest
 from app.gateway.serving import Gateway
 from app.metrics.compare import compare
+from app.metrics.derived import render_derived
 from app.metrics.exposition import CONTENT_TYPE_LATEST, read_samples, render
 from app.metrics.facts import load_facts, publish_facts
 
@@ -31,6 +33,8 @@ _OUTCOMES = {429: acc.REJECTED, 503: acc.UNAVAILABLE, 504: acc.TIMEOUT}
 def create_app(deployment: Deployment, registry_home: Path | None = None) -> FastAPI:
     deployment = resolve_production(deployment, registry_home)
     gateway = Gateway(deployment)
+    books = EngineBooks(gateway.engines)
+    prices = {n: v.price_per_hour for n, v in deployment.variants.items()}
     facts = load_facts(
         registry_home, {n: v.registry_name or n for n, v in deployment.variants.items()}
     )
@@ -39,8 +43,12 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
     if not keys:
         log.warning("no API keys configured: the gateway is open to anyone who can reach it")
 
+    async def compared() -> dict:
+        return compare(list(deployment.variants), read_samples(), facts, await books.read(), prices)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        await books.read()  # each engine's books as this gateway starts: the baseline
         yield
         await gateway.close()
 
@@ -105,11 +113,12 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
     @app.get("/v1/variants/compare")
     async def variants_compare(request: Request) -> dict:
         authorize(request)
-        return compare(list(deployment.variants), read_samples(), facts)
+        return await compared()
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(render(), media_type=CONTENT_TYPE_LATEST)
+        derived = render_derived(await compared())
+        return Response(render() + derived, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/dashboard")
     async def dashboard() -> HTMLResponse:

@@ -1,6 +1,7 @@
 """The deployment file: which variants to serve, where, and how traffic reaches them."""
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -60,6 +61,12 @@ class AliasConfig(_Strict):
     # (resolved at start-up; `models promote` + a gateway restart moves the alias).
     production_of: str | None = None
     shadow: ShadowConfig | None = None
+    # Live quality (app/gateway/quality.py): the share of the reference's responses scored
+    # under every other variant of the alias (its split and its shadow), in bits per byte.
+    quality_sample: float = Field(default=0.0, ge=0.0, le=1.0)
+    # The variant the others are judged against: by default the split's heaviest (for
+    # production_of, the production variant).
+    reference: str | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> "AliasConfig":
@@ -127,6 +134,8 @@ class Deployment(_Strict):
             unknown = [v for v in cfg.split if v not in self.variants]
             if cfg.shadow and cfg.shadow.variant not in self.variants:
                 unknown.append(cfg.shadow.variant)
+            if cfg.reference and cfg.reference not in self.variants:
+                raise ValueError(f"alias {alias!r}: reference {cfg.reference!r} is not served")
             if unknown:
                 raise ValueError(f"alias {alias!r} names unknown variants {unknown}")
             if (
@@ -136,6 +145,27 @@ class Deployment(_Strict):
             ):
                 raise ValueError(f"alias {alias!r}: split weights must be >= 0 with a positive sum")
         return self
+
+
+@dataclass(frozen=True)
+class QualityPlan:
+    reference: str
+    candidates: tuple[str, ...]
+    fraction: float
+
+
+def quality_plans(deployment: Deployment) -> dict[str, QualityPlan]:
+    """Per alias that samples quality: its reference and the variants judged against it."""
+    plans = {}
+    for alias, cfg in deployment.aliases.items():
+        if not cfg.quality_sample or not cfg.split:
+            continue
+        reference = cfg.reference or max(cfg.split, key=lambda v: cfg.split[v])
+        others = [*cfg.split, *([cfg.shadow.variant] if cfg.shadow else [])]
+        candidates = tuple(dict.fromkeys(v for v in others if v != reference))
+        if candidates:
+            plans[alias] = QualityPlan(reference, candidates, cfg.quality_sample)
+    return plans
 
 
 def resolve_production(deployment: Deployment, registry_home: Path | None) -> Deployment:

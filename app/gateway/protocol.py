@@ -42,6 +42,11 @@ class CompletionLike(BaseModel):
     def prompt_count(self) -> int:
         return 1
 
+    def prompt_text(self) -> str | None:
+        """The prompt as text, for bytes of work and quality scoring; None where it is not
+        one text (token ids, several prompts)."""
+        return None
+
 
 class CompletionRequest(CompletionLike):
     prompt: str | list[str] | list[int] | list[list[int]] = Field(...)
@@ -53,6 +58,11 @@ class CompletionRequest(CompletionLike):
         if isinstance(self.prompt, list) and self.prompt and not isinstance(self.prompt[0], int):
             return len(self.prompt)
         return 1
+
+    def prompt_text(self) -> str | None:
+        if isinstance(self.prompt, str):
+            return self.prompt
+        return self.prompt[0] if len(self.prompt) == 1 and isinstance(self.prompt[0], str) else None
 
 
 class ContentPart(BaseModel):
@@ -72,3 +82,15 @@ class ChatCompletionRequest(CompletionLike):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0)
     LOGPROB_COUNTS = ("prompt_logprobs", "top_logprobs")  # logprobs is a yes/no here
+
+    def prompt_text(self) -> str | None:
+        """The messages' text, one message a paragraph (without the chat template, which
+        differs between models: the same bytes for every variant)."""
+        parts = []
+        for message in self.messages:
+            content = message.content
+            if isinstance(content, list):
+                content = "".join(part.text for part in content)
+            if content:
+                parts.append(content)
+        return "\n\n".join(parts)

@@ -12,6 +12,7 @@ from app.gateway import accounting as acc
 from app.gateway.config import Deployment
 from app.gateway.errors import GatewayError
 from app.gateway.protocol import CompletionLike
+from app.gateway.quality import QualitySampler
 from app.gateway.routing import Router
 from app.gateway.shadow import ShadowRunner
 from app.gateway.upstream import (
@@ -44,9 +45,10 @@ class Gateway:
             name: Engine(name, cfg, cfg.request_timeout_s or deployment.gateway.request_timeout_s)
             for name, cfg in deployment.variants.items()
         }
+        self.quality = QualitySampler(deployment, self.engines)
 
     async def close(self) -> None:
-        await self.shadow.drain()
+        await asyncio.gather(self.shadow.drain(), self.quality.drain())
         await asyncio.gather(*(e.close() for e in self.engines.values()))
 
     async def ready(self) -> dict[str, bool]:
@@ -116,26 +118,26 @@ class Gateway:
                     "include_usage": True,
                 }
             timings = Timings()
-            mark = engine.enter()
+            engine.enter()
             try:
-                response = await send(engine, route, upstream, stream=request.stream)
+                response = await send(engine, route, upstream, stream=request.stream, alias=alias)
             except EngineUnavailable as e:
-                engine.leave(mark)
+                engine.leave()
                 log.warning("%s; trying the next candidate if any", e)
                 continue
             except GatewayError as e:
-                engine.leave(mark)
+                engine.leave()
                 e.variant = name
                 raise
             except BaseException:
-                engine.leave(mark)
+                engine.leave()
                 raise
             if attempt:
                 m.FALLBACKS.labels(alias or "none", candidates[0], name).inc()
             meta = {"x-sparsegate-variant": name, "x-sparsegate-fallbacks": str(attempt)}
             if alias:
                 meta["x-sparsegate-alias"] = alias
-            done = _Done(self, engine, mark, alias, route, timings, body)
+            done = _Done(self, engine, alias, route, timings, body, request.prompt_text())
             if request.stream:
                 return self._stream(response, request, done, meta)
             timings.end = time.perf_counter()
@@ -168,8 +170,8 @@ class Gateway:
                                   media_type="application/json", headers=meta)  # fmt: skip
         wants_usage = bool(request.stream_options and request.stream_options.include_usage)
         usage: dict = {}
-        # The text is joined only where a shadow copy may need it.
-        text: list[str] | None = [] if done.may_shadow() else None
+        # The text is joined only where a shadow copy or quality scoring may need it.
+        text: list[str] | None = [] if done.needs_text() else None
 
         async def events():
             status, outcome = 200, acc.ABORTED  # unless the stream runs to its end
@@ -221,36 +223,43 @@ class _ClosingStream(StreamingResponse):
 
 
 class _Done:
-    """Closes a request's books once: engine slot, cost share, metrics, shadow copy."""
+    """Closes a request's books once: engine slot, metrics, shadow copy, quality sample."""
 
-    def __init__(self, gateway, engine, mark, alias, route, timings, body) -> None:
-        self.gateway, self.engine, self.mark = gateway, engine, mark
-        self.alias, self.route, self.timings, self.body = alias, route, timings, body
+    def __init__(self, gateway, engine, alias, route, timings, body, prompt) -> None:
+        self.gateway, self.engine, self.alias, self.route = gateway, engine, alias, route
+        self.timings, self.body, self.prompt = timings, body, prompt
         self.closed = False
 
-    def may_shadow(self) -> bool:
+    def needs_text(self) -> bool:
         alias = self.gateway.deployment.aliases.get(self.alias)
-        return bool(alias and alias.shadow and alias.shadow.fraction > 0)
+        shadows = bool(alias and alias.shadow and alias.shadow.fraction > 0)
+        return shadows or self.gateway.quality.samples(self.alias, self.engine.name)
 
     def __call__(self, status: int, usage, text, *, outcome: str | None = None) -> None:
         if self.closed:  # the stream's own `finally` came first
             return
         self.closed = True
-        share = self.engine.leave(self.mark)
+        self.engine.leave()
         if outcome is None:
             # An engine's 4xx is the request's fault (a bad parameter), not the engine's.
             outcome = acc.OK if status == 200 else acc.INVALID if status < 500 else acc.ENGINE_ERROR
         acc.record_request(
             variant=self.engine.name, alias=self.alias, route=self.route, outcome=outcome,
-            status=status, timings=self.timings, usage=usage, busy_share_s=share,
-            price_per_hour=self.engine.config.price_per_hour,
+            status=status, timings=self.timings, usage=usage, prompt=self.prompt,
         )  # fmt: skip
-        if outcome == acc.OK and self.alias and text is not None:
-            target = self.gateway.router.shadow_for(self.alias)
-            if target and target != self.engine.name:
-                self.gateway.shadow.submit(
-                    self.alias, self.gateway.engines[target], self.route, self.body, text
-                )
+        if outcome != acc.OK or not self.alias or text is None:
+            return
+        target = self.gateway.router.shadow_for(self.alias)
+        if target and target != self.engine.name:
+            self.gateway.shadow.submit(
+                self.alias, self.gateway.engines[target], self.route, self.body, text
+            )
+        if self.prompt is not None:
+            # A completion continues its prompt; a chat answer follows the messages.
+            joiner = "" if self.route == "/v1/completions" else "\n\n"
+            self.gateway.quality.maybe_score(
+                self.alias, self.engine.name, self.prompt + joiner + text
+            )
 
 
 def _usage_and_text(content: bytes) -> tuple[dict, str | None, int]:

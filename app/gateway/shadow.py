@@ -1,9 +1,11 @@
 """Shadow traffic: copy a share of an alias's requests to a candidate, in the background.
 
 The copy is sent after the user's response is complete, so the user never waits for it,
-and is accounted apart (its own counters, never the user's token or cost counters). The two
-outputs are compared: exact match always, and for greedy requests the common prefix in
-tokens (both texts tokenized by the candidate's engine, which shares the base's tokenizer).
+and is accounted apart (its own counters, never the user's token counters; the engine's
+ledger charges it to the shadow account). The two outputs are compared: exact match always,
+and for greedy requests the common prefix in tokens (both texts tokenized by the
+candidate's engine). These are secondary figures: one early divergence makes most tokens
+"disagree"; live quality in bits per byte (app/gateway/quality.py) is the primary one.
 """
 
 import asyncio
@@ -11,6 +13,7 @@ import logging
 
 import aiohttp
 
+from app.gateway.accounting import count_text
 from app.gateway.upstream import Engine, event_text
 from app.metrics import definitions as m
 
@@ -50,15 +53,15 @@ class ShadowRunner:
         served = engine.config.served_name or engine.name
         copy = {k: v for k, v in body.items() if k not in ("stream", "stream_options", "user")}
         copy["model"] = served
-        mark = engine.enter()
+        engine.enter()
         try:
-            status, result = await engine.post_json(route, copy)
+            status, result = await engine.post_json(route, copy, "shadow", alias)
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             log.info("shadow copy to %s failed: %s", engine.name, e)
             m.SHADOW_REQUESTS.labels(*labels, "failed").inc()
             return
         finally:
-            engine.leave(mark)
+            engine.leave()
         if status != 200 or not isinstance(result, dict):
             m.SHADOW_REQUESTS.labels(*labels, "failed").inc()
             return
@@ -67,6 +70,7 @@ class ShadowRunner:
             (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0)
         )
         shadow_text = event_text(result)
+        count_text(engine.name, usage, None, len(shadow_text.encode()))
         m.SHADOW_REQUESTS.labels(*labels, "compared").inc()
         if shadow_text == user_text:
             m.SHADOW_EXACT.labels(*labels).inc()
@@ -83,8 +87,9 @@ async def _token_prefix(engine: Engine, served: str, a: str, b: str) -> tuple[in
         ids = []
         for text in (a, b):
             status, result = await engine.post_json(
-                "/tokenize", {"model": served, "prompt": text, "add_special_tokens": False}
-            )
+                "/tokenize", {"model": served, "prompt": text, "add_special_tokens": False},
+                "shadow",
+            )  # fmt: skip
             if status != 200:
                 return 0, None
             ids.append(result["tokens"])

@@ -15,7 +15,6 @@ import aiohttp
 from app.gateway.config import VariantConfig
 from app.gateway.errors import GatewayError
 from app.metrics import definitions as m
-from app.metrics.cost import SharingClock
 
 
 class EngineUnavailable(Exception):
@@ -40,8 +39,7 @@ class Engine:
     name: str
     config: VariantConfig
     timeout_s: float  # the longest wait for the engine's next byte
-    inflight: int = 0
-    clock: SharingClock = field(default_factory=SharingClock)
+    inflight: int = 0  # this gateway process's requests in flight to the engine
     _session: aiohttp.ClientSession | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -65,22 +63,13 @@ class Engine:
         if self._session is not None:
             await self._session.close()
 
-    def enter(self) -> float:
+    def enter(self) -> None:
         self.inflight += 1
         m.INFLIGHT.labels(self.name).inc()
-        busy = self.clock.busy_s
-        mark = self.clock.enter()
-        m.BUSY.labels(self.name).inc(self.clock.busy_s - busy)
-        return mark
 
-    def leave(self, mark: float) -> float:
-        """Returns the request's share of this engine's busy seconds."""
+    def leave(self) -> None:
         self.inflight -= 1
         m.INFLIGHT.labels(self.name).dec()
-        busy = self.clock.busy_s
-        share = self.clock.leave(mark)
-        m.BUSY.labels(self.name).inc(self.clock.busy_s - busy)
-        return share
 
     async def ready(self) -> bool:
         try:
@@ -90,10 +79,29 @@ class Engine:
         except (aiohttp.ClientError, TimeoutError):
             return False
 
-    async def post_json(self, path: str, body: dict) -> tuple[int, dict]:
-        """A plain request (shadow copies, tokenizing): status and parsed JSON body."""
-        async with self.session.post(self.url(path), json=body) as r:
+    async def post_json(
+        self, path: str, body: dict, account: str, alias: str = ""
+    ) -> tuple[int, dict]:
+        """A plain request (shadow copies, quality scoring, tokenizing): status and parsed
+        JSON body; the engine's ledger books it to `account`."""
+        headers = booking(account, alias)
+        async with self.session.post(self.url(path), json=body, headers=headers) as r:
             return r.status, json.loads(await r.read())
+
+    async def get_text(self, path: str) -> str:
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with self.session.get(self.url(path), timeout=timeout) as r:
+            r.raise_for_status()
+            return await r.text()
+
+
+def booking(account: str, alias: str = "") -> dict[str, str]:
+    """Headers naming the account (user, shadow, quality) and alias the engine's ledger
+    (app/engines/ledger.py) charges a request to."""
+    headers = {"x-sparsegate-account": account}
+    if alias:
+        headers["x-sparsegate-alias"] = alias
+    return headers
 
 
 @dataclass
@@ -122,7 +130,7 @@ class Plain:
 
 
 async def send(
-    engine: Engine, path: str, body: dict, *, stream: bool
+    engine: Engine, path: str, body: dict, *, stream: bool, alias: str = ""
 ) -> aiohttp.ClientResponse | Plain:
     """POST to the engine. With `stream`, the response once its headers are in (the caller
     releases it); without, the whole answer.
@@ -132,8 +140,9 @@ async def send(
     for attempt in (1, 2):
         try:
             response = await engine.session.post(
-                engine.url(path), data=data, headers={"content-type": "application/json"}
-            )
+                engine.url(path), data=data,
+                headers={"content-type": "application/json", **booking("user", alias)},
+            )  # fmt: skip
             if not stream:
                 async with response:  # reads the whole answer, then frees the connection
                     answer = Plain(response.status, await response.read())

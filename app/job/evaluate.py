@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from app.job.eval_texts import encode_spans
+from app.texts.bpb import bits_per_byte
+from app.texts.evaluation import encode_spans
 
 
 def nm_pattern_holds(weight: torch.Tensor, n: int, m: int) -> bool:
@@ -31,7 +32,7 @@ class Score:
 
     @property
     def bits_per_byte(self) -> float:
-        return self.nll / math.log(2) / self.n_bytes
+        return bits_per_byte(self.nll, self.n_bytes)
 
     @property
     def ppl(self) -> float:

@@ -1,6 +1,6 @@
 """Quality figures of a variant against its dense base, on the same bytes.
 
-Every evaluation text (`app.job.eval_texts`: in domain and out of domain) is cut into the
+Every evaluation text (`app.texts.evaluation`: in domain and out of domain) is cut into the
 same spans for every model; each model reads them with its own tokenizer. Bits per byte
 compare any two variants; per-token perplexity only variants that share a tokenizer, so
 its ratio is left out where the vocabulary was trimmed in the lineage. A reference model's
@@ -9,8 +9,8 @@ scores are cached in its registry record under the evaluation's key.
 
 from typing import Any
 
-from app.job.eval_texts import EVAL_TEXTS, PYDOC, SPAN_CHARS
 from app.registry import Registry
+from app.texts.evaluation import EVAL_TEXTS, PYDOC, SPAN_CHARS
 
 
 class Evaluation:

@@ -1,37 +1,15 @@
-"""Offline text for calibration and evaluation, kept disjoint.
+"""Calibration text for the job: the built-in split (`app.texts.corpus`) or a user's file,
+kept disjoint from the evaluation texts, cut into token windows."""
 
-Python ships its own English documentation in `pydoc_data.topics`; each topic goes
-either to calibration or to evaluation by a hash of its text (some topics share a text
-under several names), so the split is stable across runs and machines and no evaluation
-text is ever seen in calibration.
-"""
-
-import hashlib
 from pathlib import Path
-from typing import Literal
 
 from app.errors import SparsegateError
-
-Split = Literal["calibration", "evaluation"]
-_EVAL_SHARE = 5  # one topic in five is held out for evaluation
-
-
-def _is_eval(text: str) -> bool:
-    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) % _EVAL_SHARE == 0
-
-
-def pydoc_texts(split: Split) -> list[str]:
-    from pydoc_data.topics import topics
-
-    want_eval = split == "evaluation"
-    texts = dict.fromkeys(topics[k] for k in sorted(topics))  # dedupe, keep a stable order
-    return [t for t in texts if _is_eval(t) == want_eval]
+from app.texts.corpus import Split, pydoc_texts
+from app.texts.evaluation import EVAL_TEXTS
 
 
 def read_calibration_file(path: Path) -> str:
     """A user's calibration text, refused if it contains any of either evaluation text."""
-    from app.job.eval_texts import EVAL_TEXTS
-
     if not path.is_file():
         raise SparsegateError(f"calibration data file {path} not found")
     text = path.read_text(errors="replace")

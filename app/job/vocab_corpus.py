@@ -40,7 +40,7 @@ class MiningCorpus:
 
 
 def default_corpus() -> MiningCorpus:
-    from app.job.text import pydoc_texts
+    from app.texts.corpus import pydoc_texts
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     files = sorted(
@@ -80,7 +80,7 @@ def read_corpus(path: Path) -> MiningCorpus:
 
 def check_disjoint(corpus: MiningCorpus) -> None:
     """A vocabulary mined on the evaluation text would flatter the variant: refuse it."""
-    from app.job.eval_texts import EVAL_TEXTS
+    from app.texts.evaluation import EVAL_TEXTS
 
     for t in EVAL_TEXTS:
         if any(p in corpus.text for p in t.probes()):

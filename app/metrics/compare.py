@@ -1,15 +1,26 @@
 """GET /v1/variants/compare: each served variant against its dense base, side by side.
 
-Everything comes from the gateway's own counters and histograms (merged across workers)
-and the registry's facts, so it agrees with what Prometheus and Grafana show.
+Latency, tokens and live quality come from the gateway's own counters and histograms
+(merged across workers); cost from each engine's own ledger and step sums (read since this
+gateway started, `app.gateway.engine_books`); quality at rest from the registry's facts.
 """
 
+from app.metrics.equal_work import (
+    ACCOUNTS,
+    Mix,
+    dollars_per_million_output_bytes,
+    step_fit,
+)
 from app.metrics.exposition import Samples, histogram_quantile
 from app.metrics.facts import VariantFacts
+from app.texts.bpb import PairedSums
 
 LOWER_IS_BETTER = ("ttft_p50_s", "ttft_p95_s", "itl_p50_s", "itl_p95_s",
-                   "dollars_per_million_tokens", "dollars_per_million_bytes", "bytes",
-                   "parameters", "ppl_ratio", "bpb_ratio_pydoc", "bpb_ratio_news")  # fmt: skip
+                   "equal_work_dollars_per_million_bytes", "raw_dollars_per_million_bytes",
+                   "bytes", "parameters", "ppl_ratio", "bpb_ratio_pydoc",
+                   "bpb_ratio_news")  # fmt: skip
+QUALITY_TERMS = ("n", "x", "y", "xx", "yy", "xy")
+QSUMS = "sparsegate_quality_sums_total"
 
 
 def variant_figures(name: str, samples: Samples, facts: VariantFacts | None) -> dict:
@@ -18,7 +29,6 @@ def variant_figures(name: str, samples: Samples, facts: VariantFacts | None) -> 
     completion = samples.sum("sparsegate_completion_tokens_total", variant=name)
     gen_s = samples.sum("sparsegate_generation_seconds_total", variant=name)
     streamed = samples.sum("sparsegate_streamed_completion_tokens_total", variant=name)
-    cost = samples.sum("sparsegate_cost_dollars_total", variant=name)
     out_bytes = samples.sum("sparsegate_completion_bytes_total", variant=name)
     compared = samples.sum("sparsegate_shadow_requests_total", variant=name, outcome="compared")
     prefix_total = samples.sum("sparsegate_shadow_compared_tokens_total", variant=name)
@@ -48,17 +58,93 @@ def variant_figures(name: str, samples: Samples, facts: VariantFacts | None) -> 
         "itl_p95_s": q("sparsegate_inter_token_latency_seconds", 0.95),
         "tokens_per_s_per_stream": streamed / gen_s if gen_s else None,
         "completion_tokens": completion,
-        "dollars_per_million_tokens": cost / completion * 1e6 if completion and cost else None,
         "completion_bytes": out_bytes,
-        "dollars_per_million_bytes": cost / out_bytes * 1e6 if out_bytes and cost else None,
+        **live_quality(name, samples),
         "bytes": facts.bytes if facts else None,
         "parameters": facts.parameters if facts else None,
         "sparsity": facts.sparsity if facts else None,
     }  # fmt: skip
 
 
-def compare(variants: list[str], samples: Samples, facts: dict[str, VariantFacts]) -> dict:
+def live_quality(name: str, samples: Samples) -> dict:
+    """The candidate's live bits per byte over its alias's reference, on the reference's
+    own responses (the alias with the most scored texts, if several)."""
+    aliases = {lab["alias"] for lab, _ in samples.series(QSUMS)
+               if lab.get("variant") == name}  # fmt: skip
+    best, sums = None, PairedSums()
+    for alias in sorted(aliases):
+        found = PairedSums(
+            **{t: samples.sum(QSUMS, variant=name, alias=alias, term=t) for t in QUALITY_TERMS}
+        )
+        if found.n > sums.n:
+            best, sums = alias, found
+    ci = sums.interval()
+    skipped = samples.sum("sparsegate_quality_samples_total", variant=name, outcome="skipped")
+    failed = samples.sum("sparsegate_quality_samples_total", variant=name, outcome="failed")
+    return {
+        "live_bpb_ratio": sums.ratio, "live_bpb_ratio_ci95": list(ci) if ci else None,
+        "live_bpb_samples": sums.n, "live_bpb_alias": best,
+        "live_bpb_skipped": skipped, "live_bpb_failed": failed,
+    }  # fmt: skip
+
+
+def reference_mix(samples: Samples, books: dict) -> Mix:
+    ok = samples.sum("sparsegate_requests_total", outcome="ok")
+    read = [b for b in books.values() if b]
+    busy = sum(b["busy_s"] for b in read)
+    return Mix(
+        prompt_bytes=samples.sum("sparsegate_prompt_bytes_total") / ok if ok else 0.0,
+        output_bytes=samples.sum("sparsegate_completion_bytes_total") / ok if ok else 0.0,
+        inflight=sum(b["request_s"] for b in read) / busy if busy else 1.0,
+        requests=ok,
+    )
+
+
+def cost_figures(name: str, samples: Samples, totals: dict | None, mix: Mix, price: float):
+    """Cost from the engine's ledger: raw (charged to the variant's own user traffic, over
+    its own output) and on equal work (the reference request priced by its step fit)."""
+    if totals is None:
+        return {"engine_read": False}
+    fit = step_fit(totals)
+    rates = {}
+    for part in ("prompt", "output"):
+        n_bytes = samples.sum("sparsegate_text_bytes_total", variant=name, part=part)
+        if n_bytes:
+            rates[part] = (
+                samples.sum("sparsegate_text_tokens_total", variant=name, part=part) / n_bytes
+            )
+    out_bytes = samples.sum("sparsegate_completion_bytes_total", variant=name)
+    user_s = totals["charged.user"]
+    return {
+        "engine_read": True,
+        "engine_busy_s": totals["busy_s"],
+        "charged_s": {a: totals[f"charged.{a}"] for a in ACCOUNTS},
+        "raw_dollars_per_million_bytes": (
+            price * user_s / 3600 / out_bytes * 1e6 if price and out_bytes and user_s else None
+        ),
+        "step_cost_s": (
+            {"fixed": fit.a, "per_prompt_token": fit.b_p, "per_output_token": fit.b_g,
+             "steps": fit.steps} if fit else None
+        ),
+        "tokens_per_byte": rates,
+        "equal_work_dollars_per_million_bytes": (
+            dollars_per_million_output_bytes(fit, mix, rates, price) if fit else None
+        ),
+    }  # fmt: skip
+
+
+def compare(
+    variants: list[str],
+    samples: Samples,
+    facts: dict[str, VariantFacts],
+    books: dict[str, dict | None] | None = None,
+    prices: dict[str, float] | None = None,
+) -> dict:
+    books, prices = books or {}, prices or {}
+    mix = reference_mix(samples, books)
     rows = {v: variant_figures(v, samples, facts.get(v)) for v in variants}
+    for v, row in rows.items():
+        row.update(cost_figures(v, samples, books.get(v), mix, prices.get(v, 0.0)))
     # A variant's dense base, if the gateway serves it: by registry name.
     served_by_registry = {f.registry_name: v for v, f in facts.items()}
     out = []
@@ -74,4 +160,6 @@ def compare(variants: list[str], samples: Samples, facts: dict[str, VariantFacts
             for key in (*LOWER_IS_BETTER, "tokens_per_s_per_stream")
         }
         out.append(row)
-    return {"object": "list", "data": out}
+    mix_out = {"prompt_bytes": mix.prompt_bytes, "output_bytes": mix.output_bytes,
+               "inflight": mix.inflight, "requests": mix.requests}  # fmt: skip
+    return {"object": "list", "data": out, "reference_mix": mix_out}

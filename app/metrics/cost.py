@@ -1,4 +1,5 @@
-"""Attributing an engine's machine cost to the requests it served.
+"""Attributing an engine's machine cost to the requests it served (the engine's own ledger,
+`app.engines.ledger`, keeps these books inside each engine).
 
 An engine costs `price_per_hour` whether it is busy or idle. While it serves n requests at
 once, each is charged 1/n of the elapsed time (processor sharing), so the charges of all
@@ -20,6 +21,9 @@ class SharingClock:
         self._virtual = 0.0
         self._inflight = 0
         self.busy_s = 0.0
+
+    def now(self) -> float:
+        return self._clock()
 
     def _advance(self) -> float:
         now = self._clock()

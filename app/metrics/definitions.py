@@ -56,6 +56,22 @@ COMPLETION_TOKENS = Counter(
 COMPLETION_BYTES = Counter(
     "sparsegate_completion_bytes", "UTF-8 bytes of generated text of user requests", VA
 )
+PROMPT_BYTES = Counter(
+    "sparsegate_prompt_bytes",
+    "UTF-8 bytes of the prompt text of successful user requests (text prompts; chat: the "
+    "messages' text): with completion bytes, the traffic mix that equal work is priced on",
+    VA,
+)
+TEXT_TOKENS = Counter(
+    "sparsegate_text_tokens",
+    "Tokens of texts whose bytes are counted in sparsegate_text_bytes (part: prompt, output)",
+    ["variant", "part"],
+)
+TEXT_BYTES = Counter(
+    "sparsegate_text_bytes",
+    "Bytes of the texts counted in sparsegate_text_tokens: each variant's tokens per byte",
+    ["variant", "part"],
+)
 GENERATION_SECONDS = Counter(
     "sparsegate_generation_seconds",
     "Seconds from first to last token of streamed requests (throughput's denominator)",
@@ -76,16 +92,6 @@ FALLBACKS = Counter(
     "sparsegate_fallbacks",
     "Requests served by another variant than the one routing chose first",
     ["alias", "from_variant", "to_variant"],
-)
-COST = Counter(
-    "sparsegate_cost_dollars",
-    "Engine cost attributed to the requests it served (price per hour x shared busy time)",
-    VA,
-)
-BUSY = Counter(
-    "sparsegate_engine_busy_seconds",
-    "Seconds each engine had a request of this gateway in flight (x price: what costs add to)",
-    ["variant"],
 )
 PRICE = Gauge(
     "sparsegate_engine_price_dollars_per_hour",
@@ -114,6 +120,23 @@ SHADOW_COMPARED_TOKENS = Counter(
     "sparsegate_shadow_compared_tokens",
     "Tokens of the user's output in greedy shadow comparisons (prefix agreement's denominator)",
     ["alias", "variant"],
+)
+QUALITY_SAMPLES = Counter(
+    "sparsegate_quality_samples",
+    "Live quality: responses of an alias's reference sampled for scoring under a candidate, "
+    "by outcome (scored, failed, skipped: engines saturated or scoring at its bound)",
+    ["alias", "variant", "outcome"],
+)
+QUALITY_PENDING = Gauge(
+    "sparsegate_quality_pending",
+    "Live quality: sampled texts waiting for or under scoring",
+    multiprocess_mode="livesum",
+)
+QUALITY_SUMS = Counter(
+    "sparsegate_quality_sums",
+    "Live quality sums over scored texts: x = the candidate's bits, y = the reference's bits "
+    "on the same text, xx, yy, xy, n (texts) and bytes; bits per byte ratio = x / y",
+    ["alias", "variant", "term"],
 )
 SHADOW_TOKENS = Counter(
     "sparsegate_shadow_tokens",

@@ -40,6 +40,9 @@ class Samples:
             if all(labels.get(k) == want for k, want in match.items())
         )  # fmt: skip
 
+    def series(self, name: str) -> list[tuple[dict, float]]:
+        return list(self._values.get(name, []))
+
     def buckets(self, name: str, **match: str) -> list[tuple[float, float]]:
         """Cumulative (upper bound, count) pairs of a histogram, summed over other labels."""
         by_le: dict[float, float] = defaultdict(float)

@@ -3,8 +3,8 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.job.eval_texts import EVAL_TEXTS
 from app.metrics import definitions as m
+from app.texts.evaluation import EVAL_TEXTS
 
 
 @dataclass

@@ -26,21 +26,20 @@ TTFT = "sparsegate_time_to_first_token_seconds"
 ITL = "sparsegate_inter_token_latency_seconds"
 E2E = "sparsegate_request_duration_seconds"
 DENSE = 'variant="$dense"'
-COST_PER_MTOK = (
-    f"{rate('sparsegate_cost_dollars_total')} / {rate('sparsegate_completion_tokens_total')} * 1e6"
+# Cost comes from each engine's own ledger (every gateway worker and replica feeds it), in
+# seconds; dollars are seconds x the price the gateway's deployment file gives.
+PRICE = "max by (variant) (sparsegate_engine_price_dollars_per_hour)"
+USER = 'account="user"'
+RAW_PER_MBYTE = (
+    rate("sparsegate_engine_charged_seconds_total", where=USER)
+    + f" * on (variant) {PRICE} / 3600 / "
+    + rate("sparsegate_completion_bytes_total")
+    + " * 1e6"
 )
-COST_PER_MTOK_DENSE = (
-    f"sum(rate(sparsegate_cost_dollars_total{{{DENSE}}}{R})) / "
-    f"sum(rate(sparsegate_completion_tokens_total{{{DENSE}}}{R})) * 1e6"
-)
-# Per byte of generated text: variants with trimmed vocabularies spend more tokens on the
-# same text, so per token they would look cheaper than they are.
-COST_PER_MBYTE = (
-    f"{rate('sparsegate_cost_dollars_total')} / {rate('sparsegate_completion_bytes_total')} * 1e6"
-)
-COST_PER_MBYTE_DENSE = (
-    f"sum(rate(sparsegate_cost_dollars_total{{{DENSE}}}{R})) / "
-    f"sum(rate(sparsegate_completion_bytes_total{{{DENSE}}}{R})) * 1e6"
+LIVE_RATIO = (
+    rate("sparsegate_quality_sums_total", "variant, alias", 'term="x"')
+    + " / "
+    + rate("sparsegate_quality_sums_total", "variant, alias", 'term="y"')
 )
 
 ERRORS = rate("sparsegate_requests_total", where='outcome!="ok"')
@@ -72,23 +71,35 @@ PANELS = [
        f'{rate("sparsegate_generation_seconds_total")}', "{{variant}}")]),
     ("In-flight requests", "short",
      [("sum by (variant) (sparsegate_inflight_requests)", "{{variant}}")]),
-    ("Engine busy share (time with a request in flight; idle is price not charged)", "percentunit",
-     [(rate("sparsegate_engine_busy_seconds_total"), "{{variant}}")]),
+    ("Engine busy share (its own ledger: time with a request in flight, any client)",
+     "percentunit", [(rate("sparsegate_engine_busy_seconds_total"), "{{variant}}")]),
+    ("Engine seconds charged per second, by account and outcome", "percentunit",
+     [(rate("sparsegate_engine_charged_seconds_total", "variant, account, outcome"),
+       "{{variant}} {{account}} {{outcome}}")]),
     ("Fallbacks", "short",
      [("sum by (alias, from_variant, to_variant) (increase(sparsegate_fallbacks_total"
        f"{R}))", "{{alias}}: {{from_variant}} -> {{to_variant}}")]),
-    ("Dollars per million completion tokens (attributed)", "currencyUSD",
-     [(COST_PER_MTOK, "{{variant}}")]),
-    ("Dollars per million tokens, ratio to dense", "none",
-     [(ratio_to_dense(COST_PER_MTOK, COST_PER_MTOK_DENSE), "{{variant}}")]),
-    ("Dollars per million output bytes (attributed)", "currencyUSD",
-     [(COST_PER_MBYTE, "{{variant}}")]),
-    ("Dollars per million output bytes, ratio to dense", "none",
-     [(ratio_to_dense(COST_PER_MBYTE, COST_PER_MBYTE_DENSE), "{{variant}}")]),
+    ("Dollars per million output bytes, equal work (the gateway's mean request, priced per "
+     "variant)", "currencyUSD",
+     [("max by (variant) (sparsegate_equal_work_dollars_per_million_output_bytes)",
+       "{{variant}}")]),
+    ("Equal-work cost, ratio to dense", "none",
+     [("max by (variant) (sparsegate_equal_work_cost_ratio)", "{{variant}}")]),
+    ("Dollars per million output bytes, raw (own traffic's charges over own output)",
+     "currencyUSD", [(RAW_PER_MBYTE, "{{variant}}")]),
+    ("Engine step time fit (fixed per step, per prompt token, per output token)", "s",
+     [("max by (variant, part) (sparsegate_step_cost_seconds)", "{{variant}} {{part}}")]),
     ("Machine dollars per million tokens (idle time included)", "currencyUSD",
      [("sum by (variant) (sparsegate_engine_price_dollars_per_hour) / 3600 / "
        f'{rate("sparsegate_completion_tokens_total")} * 1e6', "{{variant}}")]),
-    ("Shadow agreement (common token prefix, exact match)", "percentunit",
+    ("Live bits per byte over the alias reference (since start: estimate and 95% interval)",
+     "none", [("max by (variant, alias, bound) (sparsegate_live_bits_per_byte_ratio)",
+               "{{variant}} {{alias}} {{bound}}")]),
+    ("Live bits per byte over the alias reference (recent texts)", "none",
+     [(LIVE_RATIO, "{{variant}} {{alias}}")]),
+    ("Live quality samples per second, by outcome", "short",
+     [(rate("sparsegate_quality_samples_total", "variant, outcome"), "{{variant}} {{outcome}}")]),
+    ("Shadow agreement, secondary (common token prefix, exact match)", "percentunit",
      [(f'{rate("sparsegate_shadow_common_prefix_tokens_total")} / '
        f'{rate("sparsegate_shadow_compared_tokens_total")}', "{{variant}} prefix"),
       (f"{rate('sparsegate_shadow_exact_matches_total')} / {COMPARED}", "{{variant}} exact")]),

@@ -36,7 +36,7 @@ class Vocab(Method):
 
     def apply(self, job: Job, target: float | None = None) -> dict[str, Any] | None:
         from app.job import trim_vocab, vocab_prior
-        from app.job.eval_texts import EVAL_TEXTS
+        from app.texts.evaluation import EVAL_TEXTS
 
         k = self.recipe.trim_vocab
         corpus = job.extra["corpus"]

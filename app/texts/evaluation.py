@@ -1,14 +1,14 @@
 """The held-out evaluation texts, in and out of domain, cut into the same byte spans for
 every tokenizer.
 
-- `pydoc`: the evaluation half of Python's own documentation (`app.job.text`), the domain
+- `pydoc`: the evaluation half of Python's own documentation (`app.texts.corpus`), the domain
   the job calibrates on.
 - `news`: 300 ABC (Australian Broadcasting Corporation) news articles, the "Lee background
   corpus" that gensim 4.4.0 ships as test data (`gensim/test/test_data/lee_background.cor`,
   360 kB, about 77k Gemma tokens). English news prose: no code, no Python, other names and
   vocabulary, so a variant calibrated, recovered or vocabulary-trimmed on Python text is
   judged on text it never saw. `make setup` takes it from the pinned wheel
-  (`python -m app.job.eval_texts fetch`) and every read checks its sha256; it is never
+  (`python -m app.texts.evaluation fetch`) and every read checks its sha256; it is never
   downloaded at run time, and never used for calibration, recovery or vocabulary mining.
 
 Spans are cut from the text, not from tokens, so variants with different tokenizers are
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.errors import SparsegateError
+from app.texts.corpus import pydoc_texts
 
 NEWS_PACKAGE = "gensim==4.4.0"
 NEWS_MEMBER = "gensim/test/test_data/lee_background.cor"
@@ -49,8 +50,6 @@ class EvalText:
 
     def documents(self) -> list[str]:
         if self.key == "pydoc":
-            from app.job.text import pydoc_texts
-
             return pydoc_texts("evaluation")
         return [line for line in _news_text().splitlines() if line.strip()]
 
@@ -98,7 +97,7 @@ def _news_text() -> str:
     if not path.is_file():
         raise SparsegateError(
             f"the out-of-domain evaluation text {path} is missing: run `make setup` "
-            "(or `python -m app.job.eval_texts fetch`)"
+            "(or `python -m app.texts.evaluation fetch`)"
         )
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != NEWS_SHA256:
@@ -137,7 +136,7 @@ def fetch(dest: Path) -> Path:
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["fetch"]:
-        sys.exit("usage: python -m app.job.eval_texts fetch [DEST]")
+        sys.exit("usage: python -m app.texts.evaluation fetch [DEST]")
     try:
         print(fetch(Path(sys.argv[2]) if len(sys.argv) > 2 else data_dir()))
     except SparsegateError as e:

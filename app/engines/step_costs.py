@@ -1,0 +1,58 @@
+"""What an engine step costs, measured on live traffic: a vLLM stat-logger plugin (entry point
+`vllm.stat_logger_plugins`), loaded by vLLM into its API server in the serve environment.
+
+Each engine step runs a batch: some prompt tokens being prefilled (p) and some sequences
+each generating a token (g). Its time is modelled as t = a + b_p p + b_g g, the linear
+step-time model of LLM serving simulators (a fixed cost per step, then a cost per token of
+each kind). The plugin times every step in which some sequence decodes, and keeps the
+sums that least squares needs (n, Σp, Σg, Σpp, Σgg, Σpg, Σt, Σtp, Σtg) as Prometheus
+counters: sums merge by adding and any window is a difference, so whoever reads them (the
+gateway's compare view) fits the model on the window it wants (`app.metrics.equal_work`),
+and equal work is priced from the fit on every variant.
+
+This module is imported by vLLM, never by the gateway.
+"""
+
+import os
+
+from prometheus_client import Counter
+from vllm.v1.metrics.loggers import StatLoggerBase
+
+STEPS = Counter(
+    "sparsegate_engine_timed_steps",
+    "Engine steps timed (those in which a sequence decoded), for the step-cost fit",
+    ["variant"],
+)
+MOMENTS = Counter(
+    "sparsegate_engine_step_moments",
+    "Sums over timed steps of t (seconds), p (prompt tokens), g (generated tokens) and their "
+    "products (term: t, p, g, pp, gg, pg, tp, tg): least squares' sufficient statistics",
+    ["variant", "term"],
+)
+TERMS = ("t", "p", "g", "pp", "gg", "pg", "tp", "tg")
+
+
+class StepCostLogger(StatLoggerBase):
+    def __init__(self, vllm_config=None, engine_index: int = 0) -> None:
+        self.variant = os.environ.get("SPARSEGATE_VARIANT", "unknown")
+        self._moments = {term: MOMENTS.labels(self.variant, term) for term in TERMS}
+        self._steps = STEPS.labels(self.variant)
+
+    def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
+        # A sequence that decoded in the previous step and in this one has, as its
+        # inter-token latency, this step's duration on the engine core's own clock (the
+        # API server's clock would add its event loop's jitter). Steps with no such
+        # sequence (a prefill alone) are not timed.
+        gaps = iteration_stats.inter_token_latencies_iter if iteration_stats else None
+        if gaps:
+            self.add(min(gaps), iteration_stats.num_prompt_tokens,
+                     iteration_stats.num_generation_tokens)  # fmt: skip
+
+    def add(self, t: float, p: int, g: int) -> None:
+        self._steps.inc()
+        for term, value in (("t", t), ("p", p), ("g", g), ("pp", p * p), ("gg", g * g),
+                            ("pg", p * g), ("tp", t * p), ("tg", t * g)):  # fmt: skip
+            self._moments[term].inc(value)
+
+    def log_engine_initialized(self) -> None:
+        pass

@@ -1,0 +1,44 @@
+"""The engines' own books, read by the gateway for the compare view and its derived metrics.
+
+Each engine's /metrics holds its ledger (busy seconds, charges by account) and its step
+sums. The gateway reads them as differences from what each engine showed when this gateway
+process first read it, so the figures cover the same span as the gateway's own counters
+(since it started); an engine that restarted since (its counters went back) counts from
+its restart.
+"""
+
+import asyncio
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.gateway.upstream import Engine
+from app.metrics.equal_work import engine_totals
+from app.metrics.exposition import Samples
+
+
+class EngineBooks:
+    def __init__(self, engines: dict[str, Engine]) -> None:
+        self.engines = engines
+        self._baseline: dict[str, dict[str, float]] = {}
+
+    async def read(self) -> dict[str, dict[str, float] | None]:
+        """variant -> totals since the baseline, or None where the engine did not answer."""
+        names = list(self.engines)
+        found = await asyncio.gather(*(self._read(self.engines[n]) for n in names))
+        return dict(zip(names, found, strict=True))
+
+    async def _read(self, engine: Engine) -> dict[str, float] | None:
+        try:
+            text = await engine.get_text("/metrics")
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+        samples = Samples()
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                samples.add(s.name, s.labels, s.value)
+        now = engine_totals(samples)
+        base = self._baseline.setdefault(engine.name, now)
+        if any(now[k] < base.get(k, 0.0) for k in now):  # the engine restarted
+            base = self._baseline[engine.name] = dict.fromkeys(now, 0.0)
+        return {k: v - base.get(k, 0.0) for k, v in now.items()}

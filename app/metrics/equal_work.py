@@ -1,0 +1,152 @@
+"""Cost on equal work: what one reference request costs on each variant.
+
+Each variant's engine reports the sums of its timed steps (`app.engines.step_costs`): from
+them, least squares fits its step time t = a + b_p p + b_g g (a per step, b_p per prompt
+token prefilled, b_g per sequence decoding a token). A request of P prompt tokens and O
+output tokens, served among C requests in flight, is in about O steps (the first token comes
+with its prefill), takes 1/C of each step's fixed cost and its own tokens' costs:
+
+    engine seconds = O a / C + b_p P + b_g O
+
+The reference request is the alias's own traffic mix in bytes (mean prompt and output
+bytes per request), turned into each variant's tokens by that variant's observed bytes per
+token (a trimmed vocabulary spends more tokens on the same text), at the reference
+variant's observed concurrency C: the same work for every variant, whatever traffic each
+one happened to get. Dollars are those seconds x the engine's price.
+"""
+
+from dataclasses import dataclass
+
+from app.metrics.exposition import Samples
+
+TERMS = ("t", "p", "g", "pp", "gg", "pg", "tp", "tg")
+
+
+@dataclass(frozen=True)
+class StepFit:
+    a: float  # seconds per step
+    b_p: float  # seconds per prompt token
+    b_g: float  # seconds per generated token
+    steps: float  # steps the fit rests on
+
+    def request_seconds(self, prompt_tokens: float, output_tokens: float, inflight: float) -> float:
+        return (
+            output_tokens * self.a / max(inflight, 1.0)
+            + self.b_p * prompt_tokens
+            + self.b_g * output_tokens
+        )
+
+
+def fit_steps(m: dict[str, float], min_steps: int = 20) -> StepFit | None:
+    """Least squares of t on (1, p, g) from the sums. A regressor that did not vary (every
+    step decoded the same batch, say) cannot be told apart from the fixed cost: it is dropped
+    and its cost folds into a. None below `min_steps` steps."""
+    n = m.get("n", 0.0)
+    if n < min_steps:
+        return None
+    for keep in (("p", "g"), ("p",), ("g",), ()):
+        theta = _solve(m, keep)
+        if theta is not None and all(v >= 0 for v in theta.values()):
+            return StepFit(theta["1"], theta.get("p", 0.0), theta.get("g", 0.0), n)
+    return None
+
+
+def _solve(m: dict[str, float], keep: tuple[str, ...]) -> dict[str, float] | None:
+    """Normal equations for t ~ 1 + keep, by Gaussian elimination (3 x 3 at most)."""
+    names = ("1", *keep)
+
+    def s(x: str, y: str) -> float:  # Σ x y over steps, from the sums
+        if x == "1" and y == "1":
+            return m["n"]
+        if x == "1" or y == "1":
+            return m[y if x == "1" else x]
+        return m.get(x + y, m.get(y + x, 0.0))
+
+    a = [[s(x, y) for y in names] + [m["t"] if x == "1" else m["t" + x]] for x in names]
+    k = len(names)
+    for col in range(k):
+        pivot = max(range(col, k), key=lambda r: abs(a[r][col]))
+        scale = max(abs(a[r][col]) for r in range(k)) or 1.0
+        if abs(a[pivot][col]) < 1e-9 * scale:
+            return None
+        a[col], a[pivot] = a[pivot], a[col]
+        for r in range(k):
+            if r != col:
+                f = a[r][col] / a[col][col]
+                a[r] = [x - f * y for x, y in zip(a[r], a[col], strict=True)]
+    theta = {name: a[i][k] / a[i][i] for i, name in enumerate(names)}
+    # Collinear regressors give a huge, offsetting pair: refuse such a fit.
+    if len(names) > 1 and _condition(m, names) > 1e8:
+        return None
+    return theta
+
+
+def _condition(m: dict[str, float], names: tuple[str, ...]) -> float:
+    """How close the regressors are to collinear: 1 / (1 - r^2) of the worst pair."""
+    n = m["n"]
+    worst = 1.0
+    cols = [x for x in names if x != "1"]
+    var = {x: m[x + x] / n - (m[x] / n) ** 2 for x in cols}
+    if any(v <= 0 for v in var.values()):
+        return float("inf")
+    for i, x in enumerate(cols):
+        for y in cols[i + 1 :]:
+            cov = m.get(x + y, m.get(y + x, 0.0)) / n - m[x] * m[y] / n**2
+            r2 = cov * cov / (var[x] * var[y])
+            worst = max(worst, 1 / max(1e-12, 1 - r2))
+    # A regressor that hardly varies is collinear with the constant.
+    for x in cols:
+        mean_sq = (m[x] / n) ** 2
+        if mean_sq and var[x] / mean_sq < 1e-6:
+            return float("inf")
+    return worst
+
+
+ACCOUNTS = ("user", "shadow", "quality", "direct")
+
+
+def engine_totals(samples: Samples) -> dict[str, float]:
+    """The figures the gateway reads from one engine's /metrics (its ledger and step sums)."""
+    out = {f"m.{k}": v for k, v in moments_any(samples).items()}
+    out["busy_s"] = samples.sum("sparsegate_engine_busy_seconds_total")
+    out["request_s"] = samples.sum("sparsegate_engine_request_seconds_total")
+    for account in ACCOUNTS:
+        out[f"charged.{account}"] = samples.sum(
+            "sparsegate_engine_charged_seconds_total", account=account
+        )
+    return out
+
+
+def moments_any(samples: Samples) -> dict[str, float]:
+    """The step sums of one engine's /metrics, whatever variant it books under."""
+    out = {t: samples.sum("sparsegate_engine_step_moments_total", term=t) for t in TERMS}
+    out["n"] = samples.sum("sparsegate_engine_timed_steps_total")
+    return out
+
+
+def step_fit(totals: dict[str, float]) -> StepFit | None:
+    return fit_steps({k[2:]: v for k, v in totals.items() if k.startswith("m.")})
+
+
+@dataclass(frozen=True)
+class Mix:
+    """The reference request: mean bytes per successful user request, at the engines'
+    mean number of requests in flight."""
+
+    prompt_bytes: float
+    output_bytes: float
+    inflight: float
+    requests: float
+
+
+def dollars_per_million_output_bytes(
+    fit: StepFit, mix: Mix, tokens_per_byte: dict[str, float], price_per_hour: float
+) -> float | None:
+    """The reference request priced on one variant, per million of its output bytes."""
+    if not mix.output_bytes or not price_per_hour or "output" not in tokens_per_byte:
+        return None
+    prompt_rate = tokens_per_byte.get("prompt", tokens_per_byte["output"])
+    seconds = fit.request_seconds(
+        mix.prompt_bytes * prompt_rate, mix.output_bytes * tokens_per_byte["output"], mix.inflight
+    )
+    return price_per_hour * seconds / 3600 / mix.output_bytes * 1e6
