@@ -24,7 +24,9 @@ def gateway(tiny_engines, tiny_registry, start_gateway):
     # An upstream that accepts connections and never answers: a deterministic timeout.
     stalled = socket.socket()
     stalled.bind(("127.0.0.1", 0))
-    stalled.listen(16)
+    # A deep backlog: every read of /metrics reads the engines' books too, and a connection
+    # never accepted stays in the queue, so a short one would fill and refuse connections.
+    stalled.listen(1024)
     variants["stalled"] = {
         "url": f"http://127.0.0.1:{stalled.getsockname()[1]}", "request_timeout_s": 0.5
     }  # fmt: skip

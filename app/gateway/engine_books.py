@@ -16,6 +16,10 @@ from app.gateway.upstream import Engine
 from app.metrics.equal_work import engine_totals
 from app.metrics.exposition import Samples
 
+# /metrics waits for the engines' books: an engine that does not answer in this long is left
+# out of the figures rather than holding up every scrape.
+READ_TIMEOUT_S = 1.0
+
 
 class EngineBooks:
     def __init__(self, engines: dict[str, Engine]) -> None:
@@ -30,7 +34,7 @@ class EngineBooks:
 
     async def _read(self, engine: Engine) -> dict[str, float] | None:
         try:
-            text = await engine.get_text("/metrics")
+            text = await engine.get_text("/metrics", READ_TIMEOUT_S)
         except (aiohttp.ClientError, TimeoutError):
             return None
         samples = Samples()

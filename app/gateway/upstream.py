@@ -88,8 +88,8 @@ class Engine:
         async with self.session.post(self.url(path), json=body, headers=headers) as r:
             return r.status, json.loads(await r.read())
 
-    async def get_text(self, path: str) -> str:
-        timeout = aiohttp.ClientTimeout(total=5)
+    async def get_text(self, path: str, timeout_s: float) -> str:
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
         async with self.session.get(self.url(path), timeout=timeout) as r:
             r.raise_for_status()
             return await r.text()

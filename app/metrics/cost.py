@@ -44,7 +44,3 @@ class SharingClock:
         share = self._advance() - mark
         self._inflight -= 1
         return share
-
-
-def dollars(price_per_hour: float, busy_share_s: float) -> float:
-    return price_per_hour * busy_share_s / 3600.0
