@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -249,3 +250,36 @@ def backend(request, monkeypatch):
         for key, value in s3.env().items():
             monkeypatch.setenv(key, value)
     return request.param
+
+
+@pytest.fixture
+def spawning_serve(tiny_registry, tmp_path):
+    """start(*serve args) -> (process, gateway url): `sparsegate serve` spawning one tiny
+    engine, in its own session (stopped by its group if a test leaves it running)."""
+    procs = []
+
+    def start(*args: str):
+        config = tmp_path / "spawn.yaml"
+        deployment = {
+            "gateway": {"open": True},
+            "variants": {"tiny": {"spawn": {"port": free_port(), "max_model_len": 512}}},
+        }
+        import yaml
+
+        config.write_text(yaml.safe_dump(deployment))
+        port = free_port()
+        log = (tmp_path / "serve.log").open("ab")
+        proc = subprocess.Popen(
+            [str(SPARSEGATE), "serve", "--config", str(config), "--port", str(port),
+             "--registry", str(tiny_registry), *args],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "SPARSEGATE_VENVS": str(VENVS)},
+        )  # fmt: skip
+        procs.append(proc)
+        return proc, f"http://127.0.0.1:{port}"
+
+    yield start
+    for proc in procs:  # a failed test must not leave its serve behind either
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import SPARSEGATE, VENVS, free_port, metric, run_cli, wait_for
+from tests.conftest import free_port, metric, run_cli, wait_for
 
 PROMPT = "The for statement is used to"
 
@@ -43,36 +43,6 @@ def _alive_in_group(pgid: int) -> list[int]:
 def _engine_groups(serve_pid: int) -> set[int]:
     """The process groups of the engines `sparsegate serve` spawned (each led by its server)."""
     return {p for p, (pp, g, st) in _processes().items() if pp == serve_pid and g == p}
-
-
-@pytest.fixture
-def spawning_serve(tiny_registry, tmp_path):
-    """start() -> (process, gateway url): `sparsegate serve` spawning one tiny engine."""
-    procs = []
-
-    def start():
-        config = tmp_path / "spawn.yaml"
-        deployment = {
-            "gateway": {"open": True},
-            "variants": {"tiny": {"spawn": {"port": free_port(), "max_model_len": 512}}},
-        }
-        config.write_text(yaml.safe_dump(deployment))
-        port = free_port()
-        log = (tmp_path / "serve.log").open("ab")
-        proc = subprocess.Popen(
-            [str(SPARSEGATE), "serve", "--config", str(config), "--port", str(port),
-             "--registry", str(tiny_registry)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "SPARSEGATE_VENVS": str(VENVS)},
-        )  # fmt: skip
-        procs.append(proc)
-        return proc, f"http://127.0.0.1:{port}"
-
-    yield start
-    for proc in procs:  # a failed test must not leave its serve behind either
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def _serves(url: str) -> bool:

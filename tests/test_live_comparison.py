@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import socket
-import subprocess
 import threading
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import ROOT, SPARSEGATE, VENVS, free_port, metric, run_cli, wait_for
+from tests.conftest import ROOT, free_port, metric, run_cli, wait_for
 
 LONG = " ".join(f"the value of item {i} is returned by the call" for i in range(6))
 SHORT = "The for statement"
@@ -132,23 +131,9 @@ def test_engine_ledger_adds_up_across_workers_gateways_and_shadow(slow, start_ga
         assert delta[outcome] > 0, (outcome, delta)
 
 
-def test_spawned_engines_do_not_see_the_gateways_metrics_folder(tiny_registry, tmp_path):
-    config = tmp_path / "spawn.yaml"
-    deployment = {
-        "gateway": {"open": True},
-        "variants": {"tiny": {"spawn": {"port": free_port(), "max_model_len": 512}}},
-    }
-    config.write_text(yaml.safe_dump(deployment))
-    port = free_port()
-    with (tmp_path / "serve.log").open("ab") as log:
-        proc = subprocess.Popen(
-            [str(SPARSEGATE), "serve", "--config", str(config), "--port", str(port),
-             "--workers", "2", "--registry", str(tiny_registry)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "SPARSEGATE_VENVS": str(VENVS)},
-        )  # fmt: skip
+def test_spawned_engines_do_not_see_the_gateways_metrics_folder(spawning_serve):
+    proc, url = spawning_serve("--workers", "2")
     try:
-        url = f"http://127.0.0.1:{port}"
         wait_for(lambda: _answers(url), timeout=600, what="serve with a spawned engine")
         children = {pid: _cmdline(pid) for pid in _children(proc.pid)}
         engine = next(pid for pid, cmd in children.items() if "vllm" in cmd)
