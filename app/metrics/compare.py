@@ -21,6 +21,8 @@ LOWER_IS_BETTER = ("ttft_p50_s", "ttft_p95_s", "itl_p50_s", "itl_p95_s",
                    "bpb_ratio_news")  # fmt: skip
 QUALITY_TERMS = ("n", "x", "y", "xx", "yy", "xy")
 QSUMS = "sparsegate_quality_sums_total"
+COST_KEYS = ("engine_busy_s", "charged_s", "raw_dollars_per_million_bytes", "step_cost_s",
+             "tokens_per_byte", "equal_work_dollars_per_million_bytes")  # fmt: skip
 
 
 def variant_figures(name: str, samples: Samples, facts: VariantFacts | None) -> dict:
@@ -103,8 +105,8 @@ def reference_mix(samples: Samples, books: dict) -> Mix:
 def cost_figures(name: str, samples: Samples, totals: dict | None, mix: Mix, price: float):
     """Cost from the engine's ledger: raw (charged to the variant's own user traffic, over
     its own output) and on equal work (the reference request priced by its step fit)."""
-    if totals is None:
-        return {"engine_read": False}
+    if totals is None:  # the engine did not answer: its cost figures are unknown
+        return {"engine_read": False, **dict.fromkeys(COST_KEYS)}
     fit = step_fit(totals)
     rates = {}
     for part in ("prompt", "output"):
