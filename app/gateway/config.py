@@ -129,13 +129,13 @@ class Deployment(_Strict):
         for alias, cfg in self.aliases.items():
             if alias in self.variants:
                 raise ValueError(f"alias {alias!r} shadows a variant of the same name")
+            if cfg.reference and cfg.reference not in self.variants:
+                raise ValueError(f"alias {alias!r}: reference {cfg.reference!r} is not served")
             if cfg.production_of:
                 continue  # checked when resolved against the registry
             unknown = [v for v in cfg.split if v not in self.variants]
             if cfg.shadow and cfg.shadow.variant not in self.variants:
                 unknown.append(cfg.shadow.variant)
-            if cfg.reference and cfg.reference not in self.variants:
-                raise ValueError(f"alias {alias!r}: reference {cfg.reference!r} is not served")
             if unknown:
                 raise ValueError(f"alias {alias!r} names unknown variants {unknown}")
             if (
