@@ -24,6 +24,8 @@ from pathlib import Path
 import openai
 import pytest
 
+from tests.conftest import wait_for
+
 ROOT = Path(__file__).resolve().parent.parent
 FILES = ["-f", str(ROOT / "docker-compose.yml"), "-f", str(ROOT / "deploy/compose/ci.yml")]
 SERVICES = ["engine-dense", "gateway", "prometheus", "bench"]
@@ -177,9 +179,26 @@ def stack(tmp_path_factory, request) -> Iterator[Stack]:
         started = time.monotonic()
         stack.wait_healthy("engine-dense", ENGINE_START_S)
         stack.step("engine healthy", started)
+        # The gateway came up before the engine and has been reading its metrics since: wait
+        # until the gateway itself reaches the engine (name resolved, /health answered), as
+        # its /ready reports, before the first request goes through it.
+        wait_for(lambda: _gateway_sees(stack, "gemma-3-270m"), timeout=ENGINE_START_S,
+                 what="the gateway reaching engine-dense")  # fmt: skip
+        stack.step("gateway reaches the engine", started)
         yield stack
     finally:
         stack.down()
+
+
+def _gateway_sees(stack: Stack, variant: str) -> bool:
+    url = f"http://127.0.0.1:{stack.ports['gateway']}/ready"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return bool(json.loads(r.read())["engines"].get(variant))
+    except urllib.error.HTTPError as e:  # 503 while an engine is not ready: still a report
+        return bool(json.loads(e.read())["engines"].get(variant))
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def _client(stack: Stack) -> openai.OpenAI:
