@@ -54,6 +54,9 @@ def fit_steps(m: dict[str, float], min_steps: int = 20) -> StepFit | None:
 def _solve(m: dict[str, float], keep: tuple[str, ...]) -> dict[str, float] | None:
     """Normal equations for t ~ 1 + keep, by Gaussian elimination (3 x 3 at most)."""
     names = ("1", *keep)
+    # Collinear regressors give a huge, offsetting pair: refuse such a fit before solving.
+    if keep and _condition(m, names) > 1e8:
+        return None
 
     def s(x: str, y: str) -> float:  # Σ x y over steps, from the sums
         if x == "1" and y == "1":
@@ -74,11 +77,7 @@ def _solve(m: dict[str, float], keep: tuple[str, ...]) -> dict[str, float] | Non
             if r != col:
                 f = a[r][col] / a[col][col]
                 a[r] = [x - f * y for x, y in zip(a[r], a[col], strict=True)]
-    theta = {name: a[i][k] / a[i][i] for i, name in enumerate(names)}
-    # Collinear regressors give a huge, offsetting pair: refuse such a fit.
-    if len(names) > 1 and _condition(m, names) > 1e8:
-        return None
-    return theta
+    return {name: a[i][k] / a[i][i] for i, name in enumerate(names)}
 
 
 def _condition(m: dict[str, float], names: tuple[str, ...]) -> float:
