@@ -13,6 +13,11 @@ shadow copies, quality scoring; "direct" when none is named) and to the outcome 
 the answer ended: a gateway timeout or a user who went away). Dollars are seconds x the
 price the gateway's deployment file gives (`sparsegate_engine_price_dollars_per_hour`).
 
+A scoring request (the gateway's quality account, or any body asking for
+`prompt_logprobs`) is also counted while in flight, in this process: the step-cost plugin
+(`app.engines.step_costs`) does not time steps then, as such a prefill computes the whole
+vocabulary at every prompt position, work of another kind than the generation it prices.
+
 The counters go into the default Prometheus registry, which vLLM's own /metrics serves.
 """
 
@@ -29,6 +34,14 @@ ACCOUNTS = ("user", "shadow", "quality")
 _ALIAS = re.compile(rb"[A-Za-z0-9._:/-]{1,64}")
 GENERATE_PATHS = ("/v1/completions", "/v1/chat/completions")
 OK, INVALID, ERROR, CANCELLED = "ok", "invalid", "error", "cancelled"
+# A number after the key: `"prompt_logprobs": null` asks for nothing.
+_PROMPT_LOGPROBS = re.compile(rb'"prompt_logprobs"\s*:\s*-?\d')
+_scoring = [0]  # scoring requests in flight in this process (vLLM's API server)
+
+
+def scoring_in_flight() -> bool:
+    return _scoring[0] > 0
+
 
 _V = ["variant"]
 BUSY = Counter(
@@ -90,7 +103,17 @@ class Ledger:
             await self.app(scope, receive, send)
             return
         account, alias = account_of(scope)
-        state = {"status": 500, "ended": False}
+        state = {"status": 500, "ended": False, "scoring": account == "quality", "tail": b""}
+        _scoring[0] += state["scoring"]
+
+        async def receive_and_scan():
+            message = await receive()
+            body = message.get("body") or b""
+            if not state["scoring"] and _PROMPT_LOGPROBS.search(state["tail"] + body):
+                state["scoring"] = True
+                _scoring[0] += 1
+            state["tail"] = body[-48:]  # a key split across two chunks is still found
+            return message
 
         async def send_and_watch(message) -> None:
             if message["type"] == "http.response.start":
@@ -102,12 +125,13 @@ class Ledger:
         start, mark = self._enter()
         outcome = ERROR
         try:
-            await self.app(scope, receive, send_and_watch)
+            await self.app(scope, receive_and_scan, send_and_watch)
             outcome = _outcome(state["status"], state["ended"])
         except BaseException:
             outcome = CANCELLED if state["status"] < 400 and not state["ended"] else ERROR
             raise
         finally:
+            _scoring[0] -= state["scoring"]
             self._leave(start, mark, alias, account, outcome)
 
     def _enter(self) -> tuple[float, float]:

@@ -18,6 +18,8 @@ import os
 from prometheus_client import Counter
 from vllm.v1.metrics.loggers import StatLoggerBase
 
+from app.engines.ledger import scoring_in_flight
+
 STEPS = Counter(
     "sparsegate_engine_timed_steps",
     "Engine steps timed (those in which a sequence decoded), for the step-cost fit",
@@ -29,6 +31,12 @@ MOMENTS = Counter(
     "products (term: t, p, g, pp, gg, pg, tp, tg): least squares' sufficient statistics",
     ["variant", "term"],
 )
+SKIPPED = Counter(
+    "sparsegate_engine_untimed_scoring_steps",
+    "Engine steps not timed for the step-cost fit because a scoring request "
+    "(prompt_logprobs) was in flight",
+    ["variant"],
+)
 TERMS = ("t", "p", "g", "pp", "gg", "pg", "tp", "tg")
 
 
@@ -37,6 +45,7 @@ class StepCostLogger(StatLoggerBase):
         self.variant = os.environ.get("SPARSEGATE_VARIANT", "unknown")
         self._moments = {term: MOMENTS.labels(self.variant, term) for term in TERMS}
         self._steps = STEPS.labels(self.variant)
+        self._skipped = SKIPPED.labels(self.variant)
 
     def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
         # A sequence that decoded in the previous step and in this one has, as its
@@ -44,9 +53,13 @@ class StepCostLogger(StatLoggerBase):
         # API server's clock would add its event loop's jitter). Steps with no such
         # sequence (a prefill alone) are not timed.
         gaps = iteration_stats.inter_token_latencies_iter if iteration_stats else None
-        if gaps:
-            self.add(min(gaps), iteration_stats.num_prompt_tokens,
-                     iteration_stats.num_generation_tokens)  # fmt: skip
+        if not gaps:
+            return
+        if scoring_in_flight():  # a prompt_logprobs prefill: not the work equal work prices
+            self._skipped.inc()
+            return
+        self.add(min(gaps), iteration_stats.num_prompt_tokens,
+                 iteration_stats.num_generation_tokens)  # fmt: skip
 
     def add(self, t: float, p: int, g: int) -> None:
         self._steps.inc()

@@ -51,8 +51,8 @@ def record_request(
 
 
 def count_text(variant: str, usage: dict, prompt_bytes: int | None, output_bytes: int) -> None:
-    """Tokens and bytes of the same texts in this variant's tokenizer: its tokens per byte,
-    which turns a reference request in bytes into this variant's tokens (equal work)."""
+    """Tokens and bytes of the texts this variant served, in its tokenizer: its tokens per
+    byte on its own traffic, which turns a reference request in bytes into its tokens."""
     parts = (("prompt", usage.get("prompt_tokens"), prompt_bytes),
              ("output", usage.get("completion_tokens"), output_bytes))  # fmt: skip
     for part, tokens, n_bytes in parts:

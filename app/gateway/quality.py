@@ -19,7 +19,6 @@ import random
 
 import aiohttp
 
-from app.gateway.accounting import count_text
 from app.gateway.config import Deployment, quality_plans
 from app.gateway.upstream import Engine
 from app.metrics import definitions as m
@@ -88,16 +87,18 @@ class QualitySampler:
             for c in ready:
                 m.QUALITY_SAMPLES.labels(alias, c, SKIPPED).inc()
             return
-        y = await text_bits(reference, text, alias)
+        ref = await text_bits(reference, text, alias)
         n_bytes = len(text.encode())
         for candidate in ready:
-            x = None if y is None else await text_bits(self.engines[candidate], text, alias)
-            if x is None:
+            cand = None if ref is None else await text_bits(self.engines[candidate], text, alias)
+            if cand is None or ref is None:
                 m.QUALITY_SAMPLES.labels(alias, candidate, FAILED).inc()
                 continue
             m.QUALITY_SAMPLES.labels(alias, candidate, SCORED).inc()
+            (x, x_tokens), (y, y_tokens) = cand, ref
             for term, value in (("x", x), ("y", y), ("xx", x * x), ("yy", y * y),
-                                ("xy", x * y), ("n", 1), ("bytes", n_bytes)):  # fmt: skip
+                                ("xy", x * y), ("n", 1), ("bytes", n_bytes),
+                                ("x_tokens", x_tokens), ("y_tokens", y_tokens)):  # fmt: skip
                 m.QUALITY_SUMS.labels(alias, candidate, term).inc(value)
 
 
@@ -105,9 +106,10 @@ def _saturated(engine: Engine) -> bool:
     return engine.inflight >= engine.config.max_inflight
 
 
-async def text_bits(engine: Engine, text: str, alias: str) -> float | None:
+async def text_bits(engine: Engine, text: str, alias: str) -> tuple[float, int] | None:
     """The text's bits under the engine's model (every token after the first; the engine
-    adds BOS where its tokenizer has one), or None, logged, if the engine refused."""
+    adds BOS where its tokenizer has one) and its tokens in the engine's tokenizer, or None,
+    logged, if the engine refused."""
     body = {
         "model": engine.config.served_name or engine.name, "prompt": text, "max_tokens": 1,
         "prompt_logprobs": 0, "temperature": 0, "return_token_ids": True,
@@ -117,10 +119,8 @@ async def text_bits(engine: Engine, text: str, alias: str) -> float | None:
         status, result = await engine.post_json("/v1/completions", body, "quality", alias)
         if status != 200:
             raise ValueError(f"answered {status}: {str(result)[:200]}")
-        nll = _nll(result["choices"][0])
-        usage = {"prompt_tokens": (result.get("usage") or {}).get("prompt_tokens")}
-        count_text(engine.name, usage, len(text.encode()), 0)
-        return bits(nll)
+        entries = result["choices"][0]["prompt_logprobs"]
+        return bits(_nll(result["choices"][0])), len(entries)
     except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError, IndexError) as e:
         log.warning("quality scoring on %s failed: %s", engine.name, e)
         return None

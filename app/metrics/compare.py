@@ -8,6 +8,7 @@ gateway started, `app.gateway.engine_books`); quality at rest from the registry'
 from app.metrics.equal_work import (
     ACCOUNTS,
     Mix,
+    StepFit,
     dollars_per_million_output_bytes,
     step_fit,
 )
@@ -22,7 +23,7 @@ LOWER_IS_BETTER = ("ttft_p50_s", "ttft_p95_s", "itl_p50_s", "itl_p95_s",
 QUALITY_TERMS = ("n", "x", "y", "xx", "yy", "xy")
 QSUMS = "sparsegate_quality_sums_total"
 COST_KEYS = ("engine_busy_s", "charged_s", "raw_dollars_per_million_bytes", "step_cost_s",
-             "tokens_per_byte", "equal_work_dollars_per_million_bytes")  # fmt: skip
+             "step_batch", "equal_work_dollars_per_million_bytes")  # fmt: skip
 
 
 def variant_figures(name: str, samples: Samples, facts: VariantFacts | None) -> dict:
@@ -80,6 +81,8 @@ def live_quality(name: str, samples: Samples) -> dict:
         )
         if found.n > sums.n:
             best, sums = alias, found
+    tokens = {t: samples.sum(QSUMS, variant=name, alias=best, term=t)
+              for t in ("x_tokens", "y_tokens")} if best else {}  # fmt: skip
     ci = sums.interval()
     skipped = samples.sum("sparsegate_quality_samples_total", variant=name, outcome="skipped")
     failed = samples.sum("sparsegate_quality_samples_total", variant=name, outcome="failed")
@@ -87,6 +90,10 @@ def live_quality(name: str, samples: Samples) -> dict:
         "live_bpb_ratio": sums.ratio, "live_bpb_ratio_ci95": list(ci) if ci else None,
         "live_bpb_samples": sums.n, "live_bpb_alias": best,
         "live_bpb_skipped": skipped, "live_bpb_failed": failed,
+        # its tokens over the reference's on the same texts (a tokenizer's, not a text's)
+        "live_tokens_ratio": (
+            tokens["x_tokens"] / tokens["y_tokens"] if tokens.get("y_tokens") else None
+        ),
     }  # fmt: skip
 
 
@@ -102,20 +109,37 @@ def reference_mix(samples: Samples, books: dict) -> Mix:
     )
 
 
-def cost_figures(name: str, samples: Samples, totals: dict | None, mix: Mix, price: float):
+def own_rates(name: str, samples: Samples) -> dict[str, float]:
+    """Tokens per byte of the texts this variant served (prompt, output), in its tokenizer."""
+    rates = {}
+    for part in ("prompt", "output"):
+        n_bytes = samples.sum("sparsegate_text_bytes_total", variant=name, part=part)
+        if n_bytes:
+            tokens = samples.sum("sparsegate_text_tokens_total", variant=name, part=part)
+            rates[part] = tokens / n_bytes
+    return rates
+
+
+def pricing_rates(
+    row: dict, own: dict[str, dict[str, float]], references: dict[str, str]
+) -> tuple[dict[str, float], str]:
+    """Tokens per byte to price the reference request with, and where they come from. A
+    candidate that live quality scores: its alias reference's rates on its own traffic x
+    the candidate's tokens over the reference's on the same sampled texts (what a variant
+    writes is not the text it is priced on: a degenerate one would look cheap). Otherwise
+    the variant's own traffic."""
+    ref, ratio = references.get(row.get("live_bpb_alias") or ""), row.get("live_tokens_ratio")
+    if ref and ratio and "output" in own.get(ref, {}):
+        return {part: rate * ratio for part, rate in own[ref].items()}, f"{ref} x same-text ratio"
+    return own[row["variant"]], "own traffic"
+
+
+def cost_figures(totals: dict | None, out_bytes: float, mix: Mix, price: float, rates: dict):
     """Cost from the engine's ledger: raw (charged to the variant's own user traffic, over
     its own output) and on equal work (the reference request priced by its step fit)."""
     if totals is None:  # the engine did not answer: its cost figures are unknown
         return {"engine_read": False, **dict.fromkeys(COST_KEYS)}
     fit = step_fit(totals)
-    rates = {}
-    for part in ("prompt", "output"):
-        n_bytes = samples.sum("sparsegate_text_bytes_total", variant=name, part=part)
-        if n_bytes:
-            rates[part] = (
-                samples.sum("sparsegate_text_tokens_total", variant=name, part=part) / n_bytes
-            )
-    out_bytes = samples.sum("sparsegate_completion_bytes_total", variant=name)
     user_s = totals["charged.user"]
     return {
         "engine_read": True,
@@ -128,11 +152,20 @@ def cost_figures(name: str, samples: Samples, totals: dict | None, mix: Mix, pri
             {"fixed": fit.a, "per_prompt_token": fit.b_p, "per_output_token": fit.b_g,
              "steps": fit.steps} if fit else None
         ),
-        "tokens_per_byte": rates,
+        "step_batch": batch_range(fit, mix.inflight) if fit else None,
         "equal_work_dollars_per_million_bytes": (
             dollars_per_million_output_bytes(fit, mix, rates, price) if fit else None
         ),
     }  # fmt: skip
+
+
+def batch_range(fit: StepFit, inflight: float) -> dict:
+    """The batch sizes the fit rests on, and whether the priced concurrency lies outside
+    them (mean +- 2 sd, and half a sequence): a straight line carried past the data, where
+    step time grows faster than linearly with the batch on the CPU."""
+    reach = 2 * fit.batch_sd + 0.5
+    outside = abs(inflight - fit.batch_mean) > reach
+    return {"mean": fit.batch_mean, "sd": fit.batch_sd, "extrapolated": outside}
 
 
 def compare(
@@ -141,12 +174,22 @@ def compare(
     facts: dict[str, VariantFacts],
     books: dict[str, dict | None] | None = None,
     prices: dict[str, float] | None = None,
+    workload: Mix | None = None,
+    references: dict[str, str] | None = None,
 ) -> dict:
+    """The rows, with equal work priced at the traffic's mean request or at `workload`
+    (`references`: each live-quality alias's reference variant)."""
     books, prices = books or {}, prices or {}
-    mix = reference_mix(samples, books)
+    mix = workload or reference_mix(samples, books)
     rows = {v: variant_figures(v, samples, facts.get(v)) for v in variants}
+    own = {v: own_rates(v, samples) for v in variants}
     for v, row in rows.items():
-        row.update(cost_figures(v, samples, books.get(v), mix, prices.get(v, 0.0)))
+        rates, source = pricing_rates(row, own, references or {})
+        row.update(
+            tokens_per_byte=own[v], pricing_tokens_per_byte=rates, tokens_per_byte_source=source
+        )
+        out_bytes = samples.sum("sparsegate_completion_bytes_total", variant=v)
+        row.update(cost_figures(books.get(v), out_bytes, mix, prices.get(v, 0.0), rates))
     # A variant's dense base, if the gateway serves it: by registry name.
     served_by_registry = {f.registry_name: v for v, f in facts.items()}
     out = []
@@ -164,4 +207,5 @@ def compare(
         out.append(row)
     mix_out = {"prompt_bytes": mix.prompt_bytes, "output_bytes": mix.output_bytes,
                "inflight": mix.inflight, "requests": mix.requests}  # fmt: skip
-    return {"object": "list", "data": out, "reference_mix": mix_out}
+    return {"object": "list", "data": out, "reference_mix": mix_out,
+            "reference_mix_source": "query" if workload else "traffic"}  # fmt: skip

@@ -135,7 +135,8 @@ QUALITY_PENDING = Gauge(
 QUALITY_SUMS = Counter(
     "sparsegate_quality_sums",
     "Live quality sums over scored texts: x = the candidate's bits, y = the reference's bits "
-    "on the same text, xx, yy, xy, n (texts) and bytes; bits per byte ratio = x / y",
+    "on the same text, xx, yy, xy, n (texts), bytes, and x_tokens, y_tokens (each one's "
+    "tokens of the same texts); bits per byte ratio = x / y",
     ["alias", "variant", "term"],
 )
 SHADOW_TOKENS = Counter(

@@ -8,11 +8,13 @@ with its prefill), takes 1/C of each step's fixed cost and its own tokens' costs
 
     engine seconds = O a / C + b_p P + b_g O
 
-The reference request is the alias's own traffic mix in bytes (mean prompt and output
-bytes per request), turned into each variant's tokens by that variant's observed bytes per
-token (a trimmed vocabulary spends more tokens on the same text), at the reference
-variant's observed concurrency C: the same work for every variant, whatever traffic each
-one happened to get. Dollars are those seconds x the engine's price.
+The reference request is the traffic's mix in bytes (mean prompt and output bytes per
+request), at the engines' mean number of requests in flight C, or a workload given to the
+compare view. It is turned into each variant's tokens by its tokens per byte (a trimmed
+vocabulary spends more tokens on the same text): for a candidate that live quality scores,
+its alias reference's rates x the candidate's tokens over the reference's on the same
+sampled texts; else on its own traffic. The same work for every variant, whatever traffic
+each one happened to get. Dollars are those seconds x the engine's price.
 """
 
 from dataclasses import dataclass
@@ -28,6 +30,10 @@ class StepFit:
     b_p: float  # seconds per prompt token
     b_g: float  # seconds per generated token
     steps: float  # steps the fit rests on
+    # Sequences decoding per step, as the engine ran: pricing the reference at a
+    # concurrency far from these extrapolates the fit.
+    batch_mean: float = 0.0
+    batch_sd: float = 0.0
 
     def request_seconds(self, prompt_tokens: float, output_tokens: float, inflight: float) -> float:
         return (
@@ -47,7 +53,9 @@ def fit_steps(m: dict[str, float], min_steps: int = 20) -> StepFit | None:
     for keep in (("p", "g"), ("p",), ("g",), ()):
         theta = _solve(m, keep)
         if theta is not None and all(v >= 0 for v in theta.values()):
-            return StepFit(theta["1"], theta.get("p", 0.0), theta.get("g", 0.0), n)
+            mean = m["g"] / n
+            sd = max(m["gg"] / n - mean * mean, 0.0) ** 0.5
+            return StepFit(theta["1"], theta.get("p", 0.0), theta.get("g", 0.0), n, mean, sd)
     return None
 
 
@@ -125,6 +133,9 @@ def moments_any(samples: Samples) -> dict[str, float]:
 
 def step_fit(totals: dict[str, float]) -> StepFit | None:
     return fit_steps({k[2:]: v for k, v in totals.items() if k.startswith("m.")})
+
+
+WORKLOAD_FIELDS = ("prompt_bytes", "output_bytes", "inflight")
 
 
 @dataclass(frozen=True)
