@@ -68,8 +68,9 @@ export DOCKER_BUILDKIT=1
 for target in $targets; do
   t=$(date +%s)
   log=$(mktemp)
+  # The label lets a cleanup remove our old images, and only ours.
   if ! $ENGINE build "${format[@]}" "${build_args[@]}" --target "$target" \
-       -t "sparsegate-$target:latest" . >"$log" 2>&1; then
+       --label "io.sparsegate.image=$target" -t "sparsegate-$target:latest" . >"$log" 2>&1; then
     tail -n 30 "$log" >&2
     echo "sparsegate images: building $target failed (last lines above)" >&2
     rm -f "$log"

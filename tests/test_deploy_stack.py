@@ -144,11 +144,18 @@ class Stack:
         self.compose("down", "--volumes", "--remove-orphans", "--timeout", "20",
                      timeout=300, check=False)  # fmt: skip
         self.stop_service()
-        # Build cache the images no longer need: dangling intermediate layers.
-        self.run(self.engine, "image", "prune", "-f", timeout=300, check=False)
-        if self.engine == "docker":
-            self.run("docker", "builder", "prune", "-f", timeout=300, check=False)
-        self.step("tear down, prune build cache", started)
+        self.prune()
+        self.step("tear down, prune our old images", started)
+
+    def prune(self) -> None:
+        """Old sparsegate images a rebuild left untagged (scripts/images.sh labels each
+        image it builds), and nothing else of the host's: not its other images, not its
+        build cache (Docker's builder prune cannot tell ours apart)."""
+        self.run(self.engine, "image", "prune", "-f", "--filter", f"label={IMAGE_LABEL}",
+                 timeout=300, check=False)  # fmt: skip
+
+
+IMAGE_LABEL = "io.sparsegate.image"  # as scripts/images.sh labels what it builds
 
 
 def _free_port() -> int:
@@ -304,3 +311,28 @@ def test_a_build_without_its_base_image_says_what_is_missing(stack):
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
     assert "localhost/no-such-base:1" in line and "scripts/base-image.sh" in line
+
+
+def test_teardown_prunes_only_the_images_this_project_built(stack, tmp_path):
+    """A dangling image of the host's survives the teardown's prune; an old one of ours
+    (labelled as scripts/images.sh labels them) goes."""
+    (tmp_path / "f").write_text("x")
+    built: list[str] = []
+
+    def build(n: int, *label: str) -> str:
+        (tmp_path / "Containerfile").write_text(f"FROM scratch\nCOPY f /f{n}\n")
+        out = stack.run(stack.engine, "build", "-q", *label, "-t", "sparsegate-prune-probe",
+                        str(tmp_path), timeout=120)  # fmt: skip
+        built.append(out.split()[-1])
+        return built[-1]
+
+    try:
+        theirs = build(1)  # untagged by the next build of the same tag: dangling
+        ours = build(2, "--label", f"{IMAGE_LABEL}=probe")
+        build(3, "--label", f"{IMAGE_LABEL}=probe")
+        stack.prune()
+        assert stack.run(stack.engine, "image", "inspect", theirs, check=False).strip("[] \n")
+        assert not stack.run(stack.engine, "image", "inspect", ours, check=False).strip("[] \n")
+    finally:
+        for image in built:
+            stack.run(stack.engine, "rmi", "-f", image, check=False)

@@ -130,6 +130,50 @@ def test_teacher_text_is_seeded_and_continues_each_prompt(tiny):
         assert window != tokenizer(prompt, add_special_tokens=False).input_ids[:48]
 
 
+def test_teacher_prompts_carry_one_bos_with_a_tokenizer_that_adds_it(tiny_model_dir):
+    """As Gemma's does: the tokenizer adds BOS, and calibration windows begin with it.
+    The teacher must read each prompt with one BOS, not two."""
+    from tokenizers import processors
+
+    from app.job.methods.kd import teacher_prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    bos = tokenizer.bos_token_id
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", bos)]
+    )
+    assert tokenizer("some text").input_ids[0] == bos  # it adds BOS, as Gemma's does
+    calib = [tokenizer(text).input_ids for text in ("The quick brown fox", "def f(x): pass")]
+    assert all(window[0] == bos for window in calib)
+    for prompt in teacher_prompts(tokenizer, calib, 4):
+        ids = tokenizer(prompt).input_ids
+        assert ids[0] == bos and ids.count(bos) == 1, ids
+
+
+@pytest.mark.parametrize("method", ["kd", "lora"])
+def test_recovery_of_a_pruned_parent_holds_its_zeros(tiny_registry, method):
+    """`compress <pruned variant> --recover ...`: nothing is pruned in this job, and still
+    every zero of the parent stays zero (recovery must not fill the mask back in)."""
+    from safetensors.torch import load_file
+
+    name = f"tiny-p-{method}"
+    lr = ["--lr", "1e-2"] if method == "kd" else []
+    proc = run_cli(
+        "compress", "tiny-p", "--recover", method, "--steps", "2", *lr,
+        "--name", name, "--calibration-samples", "4", "--eval-windows", "2",
+        registry=tiny_registry,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    reg = EmbeddedRegistry(tiny_registry)
+    parent = load_file(reg.servable_path("tiny-p") / "model.safetensors")
+    child = load_file(reg.servable_path(name) / "model.safetensors")
+    linears = [k for k in parent if "proj" in k]
+    assert linears and any(not parent[k].equal(child[k]) for k in linears)  # it trained
+    for k in linears:
+        assert torch.equal(child[k][parent[k] == 0], torch.zeros_like(child[k][parent[k] == 0]))
+    assert reg.get(name).sparsity >= reg.get("tiny-p").sparsity
+
+
 def test_compress_recovers_with_kd_and_reports_it(tiny_registry):
     proc = run_cli(
         "compress", "tiny", "--prune", "magnitude", "--sparsity", "0.5", "--recover", "kd",

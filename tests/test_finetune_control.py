@@ -25,8 +25,9 @@ def test_dense_lora_control_fine_tunes_without_pruning(tmp_path, tiny_model_dir)
     assert rec["steps"] == 3 and rec["sparsity"] == 0.0
     # The control's "before" is the dense model itself, scored on the same spans.
     cached = reg.get("tiny").quality["scores_by_eval"]
-    assert report["before_recovery"]["pydoc"] == cached["pydoc/2x1000"]
-    assert report["before_recovery"]["news"] == cached["news/2x1000"]
+    keys = report["evaluation"]["keys"]
+    assert report["before_recovery"]["pydoc"] == cached[keys["pydoc"]]
+    assert report["before_recovery"]["news"] == cached[keys["news"]]
     before = load_file(home / "tiny" / "model.safetensors")
     after = load_file(home / "tiny-lora" / "model.safetensors")
     changed = [k for k in before if "proj" in k and not before[k].equal(after[k])]

@@ -202,6 +202,30 @@ def test_body_size_cap(gateway):
     assert r.status_code == 413 and r.json()["error"]["code"] == 413
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "message"),
+    [
+        ("GET", "/v1/completions", None, 405, "method not allowed on this route"),
+        ("POST", "/v1/nothing", None, 404, "no such route"),
+        ("POST", "/v1/completions", b'{"model": "tiny-a", "prompt": "a \\ud800 b"}', 400,
+         "lone surrogate"),
+        ("POST", "/v1/chat/completions",
+         b'{"model": "tiny-a", "messages": [{"role": "user", "content": "\\udfff"}]}', 400,
+         "lone surrogate"),
+    ],
+)  # fmt: skip
+def test_starlettes_refusals_and_bad_unicode_are_in_openai_format(
+    gateway, method, path, body, status, message
+):
+    r = httpx.request(method, f"{gateway}{path}", content=body, timeout=30,
+                      headers={"content-type": "application/json"})  # fmt: skip
+    error = r.json()["error"]
+    assert r.status_code == status and error["code"] == status, r.text
+    assert message in error["message"] and error["type"].endswith("_error")
+    if status == 405:
+        assert "POST" in r.headers["allow"]
+
+
 def test_bounded_inflight_answers_429(slow_engine, start_gateway):
     # On the slowed engine the first stream needs 20 s or more, so it is still in flight when
     # the second request arrives, however fast or busy the machine (the tiny engine's 400

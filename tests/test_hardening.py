@@ -337,3 +337,23 @@ def test_vllm_loads_sparsegates_plugin_and_attention_avoids_the_amx_kernel(monke
     monkeypatch.setenv("SPARSEGATE_CPU_ATTENTION", "auto")
     register()
     assert cpu_attn._get_attn_isa is original  # auto: vLLM's own choice
+
+
+@pytest.mark.parametrize("broken", ["absent", "not callable"])
+def test_the_plugin_leaves_vllms_choice_when_vllm_changed(monkeypatch, caplog, broken):
+    """A vLLM that renamed or changed the private function: one warning, vLLM's own
+    choice, and the process goes on (the plugin runs in every vLLM process)."""
+    from vllm.v1.attention.backends import cpu_attn
+
+    from app.engines.vllm_plugin import register
+
+    if broken == "absent":
+        monkeypatch.delattr(cpu_attn, "_get_attn_isa")
+    else:
+        monkeypatch.setattr(cpu_attn, "_get_attn_isa", "amx")
+    before = getattr(cpu_attn, "_get_attn_isa", None)
+    with caplog.at_level("WARNING", logger="sparsegate.vllm_plugin"):
+        register()
+    assert getattr(cpu_attn, "_get_attn_isa", None) == before
+    warnings = [r for r in caplog.records if r.name == "sparsegate.vllm_plugin"]
+    assert len(warnings) == 1 and "CPU attention left to vLLM" in warnings[0].getMessage()

@@ -238,6 +238,33 @@ def test_quality_gate_refuses_unless_forced(tmp_path, backend):
     reg.set_stage("bad", Stage.production, quality_gate=1.15)  # under a looser gate
 
 
+def test_copying_a_registry_keeps_one_production_variant_per_base_and_the_gate(tmp_path, backend):
+    """`models migrate`: a production variant arrives promoted as `models promote` would
+    promote it, never as a second production variant nor past the quality gate."""
+    from app.registry.embedded import EmbeddedRegistry
+
+    source = EmbeddedRegistry(tmp_path / "source", create=True)
+    _register(source, "dense", stage=Stage.production)
+    _register(source, "forced", base="dense", parent="dense", quality={"bpb_ratio_max": 1.5})
+    source.set_stage("forced", Stage.production, force=True)  # over the gate, by hand
+    _register(source, "other")
+    _register(source, "other-cut", base="other", parent="other",
+              quality={"bpb_ratio_max": 1.02}, stage=Stage.production)  # fmt: skip
+    reg = open_registry(tmp_path / "target", create=True)
+    _register(reg, "other-here", base="other", stage=Stage.production)
+    copied, notes = reg.copy_from(source)
+    assert sorted(copied) == ["dense", "forced", "other", "other-cut"]
+    production = {v.base: v.name for v in reg.variants() if v.stage is Stage.production}
+    # (the source's dense was demoted when `forced` went to production by hand)
+    assert production == {"other": "other-here"}
+    assert len([v for v in reg.variants() if v.stage is Stage.production]) == 1
+    assert sorted(notes) == [
+        "forced stays a candidate: forced has bits per byte 1.500× its dense base's, over the "
+        "quality gate 1.100; pass --force to promote it anyway",
+        "other-cut stays a candidate: other-here is production for other here",
+    ]
+
+
 def test_remove_guards_parents_and_production(tmp_path, backend):
     reg = open_registry(tmp_path, create=True)
     _register(reg, "dense", stage=Stage.production)

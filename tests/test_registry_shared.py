@@ -102,6 +102,49 @@ def test_publisher_killed_mid_upload_leaves_no_record_and_its_upload_is_collecte
     assert _register(reg, "victim", {"w.bin": b"ok"}).name == "victim"
 
 
+def test_a_publish_committing_while_files_are_collected_keeps_its_files(tmp_path, shared):
+    """The collector reads which uploads are vouched for (records, leases) while a publish
+    turns its lease into its record: made to happen right after the collector's first
+    read, the published variant must keep its files."""
+    import threading
+
+    writer = open_registry(tmp_path / "writer", create=True)
+    collector = open_registry(tmp_path / "collector", create=True)
+    uploaded, go, published = threading.Event(), threading.Event(), []
+    files = {"config.json": b"{}", "w.bin": b"weights"}
+    real_upload = writer.objects.upload
+
+    count = [0]
+
+    def upload(*args, **kwargs):
+        real_upload(*args, **kwargs)
+        count[0] += 1
+        if count[0] == len(files):  # all there: the publish waits to commit until told
+            uploaded.set()
+            go.wait(60)
+
+    writer.objects.upload = upload
+    thread = threading.Thread(
+        target=lambda: published.append(_register(writer, "racer", files)), daemon=True
+    )
+    thread.start()
+    assert uploaded.wait(60)
+    real_read = collector._read
+
+    def read(sql, params=()):
+        rows = real_read(sql, params)
+        if not go.is_set() and ("drafts" in sql or "FROM variants" in sql):
+            go.set()  # the publish commits now, between this read and any next one
+            thread.join(60)
+        return rows
+
+    collector._read = read
+    removed = collector.collect_garbage()
+    assert published and published[0].name == "racer"
+    assert not any("racer" in r for r in removed), removed
+    assert collector.missing_files("racer") == []
+
+
 def test_orphaned_upload_without_lease_or_record_is_collected(tmp_path, shared, shared_servers):
     _, s3 = shared_servers
     reg = open_registry(tmp_path, create=True)
@@ -288,6 +331,28 @@ def test_engine_hosts_fetch_and_expand_sparse_variants_behind_a_fixed_link(
     local = copied.servable_path("tiny-p")  # the same variant expanded from the embedded one
     for f in local.iterdir():
         assert sha256_file(link / f.name) == sha256_file(f)
+
+
+def test_an_expansion_is_checked_on_use_and_built_again_from_a_good_copy(
+    tiny_registry, tmp_path, shared
+):
+    """A file of the shared cache corrupted in place (the expansion hard-links it): the
+    cache is fetched again and the expansion is built again, never served damaged."""
+    from app.registry.files import sha256_file
+
+    open_registry(tmp_path / "migrator", create=True).copy_from(EmbeddedRegistry(tiny_registry))
+    node = open_registry(tmp_path / "node", create=True)
+    first = node.servable_path("tiny-p")
+    recorded = {f.path: f.sha256 for f in node.get("tiny-p").files}
+    plain = next(p for p in recorded if p.endswith(".json"))
+    with (first / plain).open("r+b") as f:  # in place: the same inode as the cache's file
+        f.write(b"#")
+    again = node.servable_path("tiny-p")
+    assert sha256_file(again / plain) == recorded[plain]
+    dense = EmbeddedRegistry(tiny_registry).servable_path("tiny-p")
+    for f in dense.iterdir():
+        if f.is_file() and not f.name.startswith("."):
+            assert sha256_file(again / f.name) == sha256_file(f), f.name
 
 
 def test_import_and_compress_jobs_publish_into_the_shared_registry(

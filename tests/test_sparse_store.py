@@ -98,3 +98,22 @@ def test_registry_serves_an_expanded_copy(pruned_file, tmp_path):
     assert reg.servable_path("pruned") == served  # cached
     reg.remove("pruned")
     assert not served.exists()
+
+
+def test_a_sparse_form_that_would_not_expand_back_leaves_the_dense_file(pruned_file, monkeypatch):
+    """Packing checks the round trip before it deletes anything: a fault while packing (here
+    every packed value written wrong) keeps the dense file, whole, and leaves no sparse one."""
+    from app.registry import sparse_store
+
+    path, _ = pruned_file
+    before = path.read_bytes()
+    real_write = sparse_store._write
+
+    def faulty_write(out, header, chunks):
+        real_write(out, header, [bytes(b ^ 0x01 for b in c) for c in chunks])
+
+    monkeypatch.setattr(sparse_store, "_write", faulty_write)
+    with pytest.raises(ValueError, match="does not expand back to the dense file"):
+        pack(path)
+    assert path.read_bytes() == before
+    assert list(path.parent.glob("*" + SUFFIX)) == [] and not list(path.parent.glob("*.check"))

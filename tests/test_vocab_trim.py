@@ -231,3 +231,26 @@ def test_bad_input_is_one_line_and_registers_nothing(trimmed, tmp_path, args, me
 def test_a_trimmed_variant_is_not_trimmed_again(trimmed):
     proc = run_cli("compress", "tiny-t", "--trim-vocab", "500", *FAST, registry=trimmed)
     assert proc.returncode == 2 and "already vocabulary-trimmed" in proc.stderr
+
+
+def test_a_trimmed_tokenizer_that_cannot_read_the_text_back_is_refused(tiny_model_dir):
+    """`<unk>` would stand for any run of text at the price of one token: the report counts
+    it, and a tokenizer that loses text the original kept is refused."""
+    from types import SimpleNamespace
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from app.errors import SparsegateError
+    from app.job.methods.vocab import text_figures
+
+    original = AutoTokenizer.from_pretrained(tiny_model_dir)
+    plan = SimpleNamespace(old_to_new={i: i for i in range(len(original))})
+    text = "The quick brown fox jumps over the lazy dog."
+    same = text_figures(original, original, plan, text)
+    assert same["unk_tokens"] == 0 and same["tokens_per_byte_ratio"] == 1.0
+    words = Tokenizer(models.WordLevel({"<unk>": 0, "The": 1, "the": 2}, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    lossy = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>")
+    with pytest.raises(SparsegateError, match=r"does not read the evaluation text back whole \(7"):
+        text_figures(original, lossy, plan, text)

@@ -167,11 +167,15 @@ def migrate(
     from app.registry.embedded import EmbeddedRegistry
 
     target = open_registry(_home(registry), create=True)
-    copied = target.copy_from(EmbeddedRegistry(from_home))
+    copied, notes = target.copy_from(
+        EmbeddedRegistry(from_home), quality_gate=Settings().quality_gate
+    )
     console.print(
         f"copied {len(copied)} variant(s) into {target.describe()}"
         + (f": {', '.join(copied)}" if copied else " (all were there)")
     )
+    for note in notes:
+        console.print(note)
 
 
 @models_app.command("import")

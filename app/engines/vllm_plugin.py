@@ -11,19 +11,34 @@ leaves vLLM's own choice on hosts where its AMX attention works.
 
 This module is imported by vLLM, never by the gateway."""
 
+import logging
 import os
+
+log = logging.getLogger("sparsegate.vllm_plugin")
 
 
 def register() -> None:
     if os.environ.get("SPARSEGATE_CPU_ATTENTION", "vec") == "auto":
         return
+    # vLLM loads this into every one of its processes: whatever goes wrong here (a vLLM that
+    # renamed the private function, a build without the CPU backend) must leave vLLM's own
+    # choice in place, never take the process down.
+    try:
+        _map_amx_to_vec()
+    except Exception as e:  # any failure: vLLM's choice and one warning
+        log.warning("sparsegate: CPU attention left to vLLM (%s: %s)", type(e).__name__, e)
+
+
+def _map_amx_to_vec() -> None:
     try:
         from vllm.v1.attention.backends import cpu_attn
     except ImportError:  # a vLLM build without the CPU backend (GPU)
         return
-    if getattr(cpu_attn._get_attn_isa, "sparsegate", False):
-        return  # vLLM may load plugins more than once per process
     chosen_by_vllm = cpu_attn._get_attn_isa
+    if getattr(chosen_by_vllm, "sparsegate", False):
+        return  # vLLM may load plugins more than once per process
+    if not callable(chosen_by_vllm):
+        raise TypeError("vllm.v1.attention.backends.cpu_attn._get_attn_isa is not callable")
 
     def attention_isa(*args, **kwargs) -> str:
         isa = chosen_by_vllm(*args, **kwargs)

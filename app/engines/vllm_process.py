@@ -133,9 +133,14 @@ class VllmProcess:
 def engine_environment(parent, variant: str) -> dict[str, str]:
     """The engine's environment: the parent's, less the gateway workers' metrics folder (an
     engine writing its metrics there would mix them into the gateway's /metrics, and vLLM
-    would read the gateway's files), plus the variant its ledger books under."""
+    would read the gateway's files), plus the variant its ledger books under.
+
+    vLLM 0.32 on the CPU saves an AOT-compiled model it then fails to load ("'function'
+    object has no attribute 'finalize_loading'"), so each start compiled again: a compiled
+    Gemma 3 270M engine took 52-53 s to come back. Its older compile cache loads, and the
+    same engine comes back in 32 s, decoding as fast. A value the operator set wins."""
     env = {k: v for k, v in parent.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    return {**env, "SPARSEGATE_VARIANT": variant}
+    return {"VLLM_USE_AOT_COMPILE": "0", **env, "SPARSEGATE_VARIANT": variant}
 
 
 def stop_all(engines: list[VllmProcess], grace: float = 10) -> None:

@@ -122,6 +122,7 @@ def _finish(
         job.steps,
         job.parent,
     )
+    _round_as_stored(model)
     scores = evaluation.score(model, tokenizer, steps, "the variant")
     layers = sparsity_by_layer(model)
     sparsity = overall_sparsity(model)
@@ -184,6 +185,15 @@ def _finish(
             "job_seconds": timings["total_s"],
         },
     )
+
+
+def _round_as_stored(model: Any) -> None:
+    """Round the weights to bf16, as `_save` stores them, then compute in float32 again: the
+    variant is scored on the weights it is served with (a recovery change smaller than a
+    bf16 step would otherwise count in the record and vanish from the served model)."""
+    import torch
+
+    model.to(torch.bfloat16).to(torch.float32)
 
 
 def _save(model: Any, tokenizer: Any, out: Path, *, quantized: bool) -> None:

@@ -7,6 +7,7 @@ its ratio is left out where the vocabulary was trimmed in the lineage. A referen
 scores are cached in its registry record under the evaluation's key.
 """
 
+import hashlib
 from typing import Any
 
 from app.registry import Registry
@@ -20,7 +21,10 @@ class Evaluation:
         self.spans = {t.key: t.spans(n_spans) for t in EVAL_TEXTS}
 
     def key(self, text: str) -> str:
-        return f"{text}/{self.n_spans}x{SPAN_CHARS}"
+        """The cache key of a text's scores: its spans' sha256 too, since the same name can
+        hold other text (pydoc_data changes with the Python version) on a shared registry."""
+        digest = hashlib.sha256("\0".join(self.spans[text]).encode()).hexdigest()[:16]
+        return f"{text}/{self.n_spans}x{SPAN_CHARS}/{digest}"
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -28,6 +32,7 @@ class Evaluation:
             "spans": self.n_spans,
             "span_chars": SPAN_CHARS,
             "bytes": {k: sum(len(s.encode()) for s in v) for k, v in self.spans.items()},
+            "keys": {k: self.key(k) for k in self.spans},
         }
 
     def score(self, model: Any, tokenizer: Any, steps: Any, label: str) -> dict[str, dict]:

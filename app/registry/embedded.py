@@ -150,7 +150,8 @@ class EmbeddedRegistry(Registry):
 
     def _delete_files(self, variant: Variant) -> None:
         shutil.rmtree(self.path_of(variant.name), ignore_errors=True)
-        shutil.rmtree(self.home / EXPANDED / variant.name, ignore_errors=True)
+        for path in (self.home / EXPANDED).glob(f"{variant.name}@*"):
+            shutil.rmtree(path, ignore_errors=True)
 
     def _collect_files(self) -> list[str]:
         removed: list[str] = []

@@ -203,10 +203,14 @@ class SharedRegistry(Registry):
             for upload in self.objects.folders(f"variants/{name}")
         ]
         if listed:
-            known = {r["location"] for r in self._read("SELECT location FROM variants")}
-            known |= {
-                f"variants/{r['name']}/{r['upload_id']}"
-                for r in self._read("SELECT name, upload_id FROM drafts")
+            # Records and leases in one statement, so in one snapshot: a publish commits
+            # (its lease becomes its record) wholly before or wholly after it.
+            known = {
+                r["location"]
+                for r in self._read(
+                    "SELECT location FROM variants UNION ALL"
+                    " SELECT 'variants/' || name || '/' || upload_id FROM drafts"
+                )
             }
             for location in listed:
                 # (Some stores keep a "folder" with nothing under it: count objects.)

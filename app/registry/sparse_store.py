@@ -94,8 +94,21 @@ def pack(path: Path) -> Path | None:
     if sparse.stat().st_size >= path.stat().st_size:
         sparse.unlink()
         return None
+    _check_expands_back(sparse)  # before the dense file goes, never after
     path.unlink()
     return sparse
+
+
+def _check_expands_back(sparse: Path) -> None:
+    """Raise, removing the sparse file, unless it expands byte for byte to the dense one."""
+    trial = sparse.with_name(sparse.name + ".check")
+    try:
+        expand(sparse, trial)
+    except Exception as e:  # whatever the fault, the dense file stays and this goes
+        sparse.unlink()
+        raise ValueError(f"{sparse.name} does not expand back to the dense file: {e}") from e
+    finally:
+        trial.unlink(missing_ok=True)
 
 
 def expand(sparse: Path, out: Path) -> str:

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from app.errors import SparsegateError
+from app.registry import expanded
 from app.registry.files import INCOMPLETE_MARKER, make_readable, manifest
 from app.registry.names import validate_name
 from app.registry.records import FileEntry, Stage, Variant
 from app.registry.sparse_store import SUFFIX as SPARSE_SUFFIX
-from app.registry.sparse_store import expand
 
 STAGING = ".staging"
 EXPANDED = ".expanded"
@@ -189,31 +189,18 @@ class Registry(ABC):
         return variant
 
     def servable_path(self, name: str) -> Path:
-        """A local folder an engine can load: the variant's files, sparse ones expanded.
-
-        Expansion is cached under `.expanded/` and written atomically (temp folder, rename)."""
-        folder, key = self.files_folder(self.get(name))
-        sparse = sorted(folder.glob(f"*{SPARSE_SUFFIX}"))
-        if not sparse:
+        """A local folder an engine can load: the variant's files, sparse ones expanded
+        (`app.registry.expanded`: keyed by content, checked on every use)."""
+        variant = self.get(name)
+        folder, _ = self.files_folder(variant)
+        if not any(folder.glob(f"*{SPARSE_SUFFIX}")):
             return folder
-        target = self.home / EXPANDED / key
+        target = self.home / EXPANDED / expanded.content_key(variant)
         if target.exists():
-            return target
-        tmp = self.home / EXPANDED / f"{key}@{HOST}@{os.getpid()}@{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
-        try:
-            for f in folder.iterdir():
-                if f.is_file() and not f.name.endswith(SPARSE_SUFFIX):
-                    os.link(f, tmp / f.name)  # same bytes, no copy
-            for f in sparse:
-                expand(f, tmp / (f.name.removesuffix(SPARSE_SUFFIX) + ".safetensors"))
-            try:
-                os.rename(tmp, target)
-            except OSError:  # another process expanded it first
-                shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            if expanded.intact(target):
+                return target
+            shutil.rmtree(target, ignore_errors=True)  # damaged: built again below
+        expanded.build(folder, variant, target, f"{HOST}@{os.getpid()}")
         return target
 
     # -- writing ---------------------------------------------------------------------
@@ -326,11 +313,17 @@ class Registry(ABC):
             tx.execute("DELETE FROM variants WHERE name = ?", (name,))
         self._delete_files(variant)
 
-    def copy_from(self, source: "Registry") -> list[str]:
+    def copy_from(
+        self, source: "Registry", quality_gate: float = 1.10
+    ) -> tuple[list[str], list[str]]:
         """Copy every variant of `source` that this registry lacks (files as stored, record
-        as recorded: lineage, recipe, figures, stage); parents before children. Returns
-        the names copied. A name present in both must hold the same files."""
+        as recorded: lineage, recipe, figures, stage); parents before children. A name
+        present in both must hold the same files. A production variant arrives as a
+        candidate and is promoted here as `models promote` would be (one production
+        variant per base, the quality gate), unless this registry already has one for its
+        base. Returns the names copied and a line for each one left a candidate."""
         copied: list[str] = []
+        wanted: list[Variant] = []
         pending = source.variants()
         done = {v.name for v in self.variants()}
         while pending:
@@ -358,13 +351,27 @@ class Registry(ABC):
                     published = draft.publish(
                         base=v.base, parent=v.parent, source=v.source, recipe=v.recipe,
                         param_count=v.param_count, sparsity=v.sparsity, quality=v.quality,
-                        stage=v.stage, created_at=v.created_at.isoformat(),
+                        stage=Stage.candidate if v.stage is Stage.production else v.stage,
+                        created_at=v.created_at.isoformat(),
                     )  # fmt: skip
                 if _file_set(published) != _file_set(v):
                     raise SparsegateError(f"{v.name}: copied files differ from the source's")
                 done.add(v.name)
                 copied.append(v.name)
-        return copied
+                if v.stage is Stage.production:
+                    wanted.append(v)
+        return copied, [note for v in wanted if (note := self._promote_copied(v, quality_gate))]
+
+    def _promote_copied(self, v: Variant, quality_gate: float) -> str | None:
+        """Promote a copy that was in production where it came from; why not, if not."""
+        here = [p.name for p in self.variants() if p.base == v.base and p.stage is Stage.production]
+        if here:
+            return f"{v.name} stays a candidate: {here[0]} is production for {v.base} here"
+        try:
+            self.set_stage(v.name, Stage.production, quality_gate=quality_gate)
+        except SparsegateError as e:
+            return f"{v.name} stays a candidate: {e}"
+        return None
 
     def _before_delete(self, variant: Variant) -> None:
         """Inside the deleting transaction, before the record goes (mark files as garbage)."""

@@ -52,6 +52,18 @@ class Job:
     extra: dict[str, Any] = field(default_factory=dict)  # what prepare() keeps for apply()
 
 
+# A parent with at least this share of zeros in its linear layers was pruned: its zeros
+# are its mask (a dense model has almost no exact zeros).
+PRUNED_PARENT = 0.05
+
+
+def holds_zeros(job: Job, target: float) -> bool:
+    """Whether recovery must hold the zeros: pruned in this job (unstructured) or before it,
+    in the parent (`compress <pruned variant> --recover ...` must not fill them back in)."""
+    pruned_here = target > 0 and not job.recipe.structured
+    return pruned_here or (job.parent.sparsity or 0.0) >= PRUNED_PARENT
+
+
 class Method:
     name: ClassVar[str]
     stage: ClassVar[Stage]

@@ -5,7 +5,7 @@ blocks, the pruned zeros held at every step (`app/job/distill.py`)."""
 from typing import Any
 
 from app.errors import SparsegateError
-from app.job.methods import Job, Method, Stage
+from app.job.methods import Job, Method, Stage, holds_zeros
 
 
 class KD(Method):
@@ -15,11 +15,6 @@ class KD(Method):
 
     def check(self) -> None:
         r = self.recipe
-        if r.prune == "none" and not r.trim_vocab and r.teacher is None:
-            raise SparsegateError(
-                "--recover kd on an unpruned, untrimmed model distils it into itself: "
-                "give --prune or --trim-vocab (or another --teacher)"
-            )
         if r.lr is not None and not 0 < r.lr < 1:
             raise SparsegateError(f"--lr must be between 0 and 1, not {r.lr:g}")
         if r.batch < 1 or r.temperature <= 0:
@@ -33,6 +28,14 @@ class KD(Method):
 
         from app.job.distill import token_map
 
+        r = self.recipe
+        # The teacher is the dense base: a pruned parent has one to learn from.
+        itself = r.teacher is None and job.parent.name == job.parent.base
+        if itself and r.prune == "none" and not r.trim_vocab:
+            raise SparsegateError(
+                "--recover kd on an unpruned, untrimmed model distils it into itself: "
+                "give --prune or --trim-vocab (or another --teacher)"
+            )
         name = self.recipe.teacher or job.parent.base
         folder = job.registry.servable_path(name)  # an unknown teacher is refused here
         with job.steps.step(f"Loading the teacher {name}"):
@@ -51,10 +54,7 @@ class KD(Method):
         windows = list(job.calib)
         if r.teacher_text:
             with job.steps.step("Generating teacher text", total=r.teacher_text) as advance:
-                prompts = [
-                    job.tokenizer.decode(job.calib[i % len(job.calib)][:16])
-                    for i in range(r.teacher_text)
-                ]
+                prompts = teacher_prompts(job.tokenizer, job.calib, r.teacher_text)
                 windows += teacher_windows(
                     teacher, t_tokenizer, job.tokenizer, prompts, r.seq_len, r.seed,
                     on_window=advance,
@@ -67,7 +67,7 @@ class KD(Method):
         with job.steps.step(f"KD {label} from {name}", total=r.steps) as advance:
             report = kd_recover(
                 job.model, teacher, windows, cfg, vocab_map=vocab_map,
-                keep_mask=target > 0 and not r.structured,
+                keep_mask=holds_zeros(job, target),
                 on_step=lambda loss: advance(1, f"loss {loss:.3f}"),
             )  # fmt: skip
         settings = {k: getattr(cfg, k) for k in ("lr", "batch", "temperature", "ce_weight",
@@ -76,3 +76,11 @@ class KD(Method):
             "method": self.name, "sparsity": target, "teacher": name, **report.as_dict(),
             **settings, "windows": len(windows), "teacher_windows": len(windows) - len(job.calib),
         }  # fmt: skip
+
+
+def teacher_prompts(tokenizer: Any, calib: list[list[int]], n: int) -> list[str]:
+    """The openings of calibration windows as text for the teacher to continue: without
+    special tokens, which the teacher's tokenizer adds again (a BOS twice, on Gemma)."""
+    return [
+        tokenizer.decode(calib[i % len(calib)][:16], skip_special_tokens=True) for i in range(n)
+    ]

@@ -4,7 +4,7 @@ unpruned model it is the control: what any fine-tuning on this text buys."""
 
 from typing import Any
 
-from app.job.methods import Job, Method, Stage
+from app.job.methods import Job, Method, Stage, holds_zeros
 
 
 class LoRA(Method):
@@ -16,10 +16,11 @@ class LoRA(Method):
         from app.job.recover import lora_recover
 
         target = target or 0.0
-        label = f"recovery ({target:.0%})" if target else "fine-tuning (dense)"
+        held = holds_zeros(job, target)
+        label = f"recovery ({target:.0%})" if target else "recovery" if held else "fine-tuning"
         with job.steps.step(f"LoRA {label}", total=self.recipe.steps) as advance:
             job.model, recovery = lora_recover(
                 job.model, job.calib, self.recipe.steps,
-                keep_mask=target > 0 and not self.recipe.structured, on_step=advance,
+                keep_mask=held, on_step=advance,
             )  # fmt: skip
         return {"method": self.name, "sparsity": target, **recovery.as_dict()}

@@ -54,16 +54,32 @@ class Vocab(Method):
             )  # fmt: skip
             trimmed = trim_vocab.trimmed_tokenizer(job.tokenizer, plan)
             trim_vocab.trim_model(job.model, plan)
-            texts = {}
-            for t in EVAL_TEXTS:
-                text = "\n\n".join(t.documents())
-                before = job.tokenizer(text, add_special_tokens=False)["input_ids"]
-                after = trimmed(text, add_special_tokens=False)["input_ids"]
-                texts[t.key] = {
-                    "coverage": sum(i in plan.old_to_new for i in before) / len(before),
-                    "tokens_per_byte_ratio": len(after) / len(before),
-                }
+            texts = {
+                t.key: text_figures(job.tokenizer, trimmed, plan, "\n\n".join(t.documents()))
+                for t in EVAL_TEXTS
+            }
         job.tokenizer = trimmed
         return {"k": k, **plan.as_dict(), "corpus": corpus.as_dict(),
                 "corpus_share": trim_vocab.CORPUS_SHARE, "prior": prior.as_dict(),
                 "texts": texts}  # fmt: skip
+
+
+def text_figures(original: Any, trimmed: Any, plan: Any, text: str) -> dict[str, Any]:
+    """How the trimmed tokenizer reads an evaluation text. It must read it back whole
+    wherever the original does: a token it cannot spell becomes `<unk>`, one cheap token
+    for any run of text, which would flatter bits per byte."""
+    before = original(text, add_special_tokens=False)["input_ids"]
+    after = trimmed(text, add_special_tokens=False)["input_ids"]
+    unk = trimmed.unk_token_id
+    figures = {
+        "coverage": sum(i in plan.old_to_new for i in before) / len(before),
+        "tokens_per_byte_ratio": len(after) / len(before),
+        "unk_tokens": after.count(unk) if unk is not None else 0,
+    }
+    if original.decode(before) == text and trimmed.decode(after) != text:
+        raise SparsegateError(
+            f"the trimmed tokenizer does not read the evaluation text back whole "
+            f"({figures['unk_tokens']} <unk> tokens): its bits per byte would be flattered; "
+            "keep more rows (--trim-vocab) or use a tokenizer with byte fallback"
+        )
+    return figures
