@@ -142,6 +142,8 @@ def test_spawned_engines_do_not_see_the_gateways_metrics_folder(spawning_serve):
         assert "PROMETHEUS_MULTIPROC_DIR" in _environ(worker)
         assert "PROMETHEUS_MULTIPROC_DIR" not in _environ(engine)
         assert _environ(engine)["SPARSEGATE_VARIANT"] == "tiny"
+        # vLLM's AOT compile cache does not load on the CPU: its older cache does (restarts)
+        assert _environ(engine)["VLLM_USE_AOT_COMPILE"] == "0"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
@@ -237,6 +239,7 @@ def test_equal_work_prices_the_gateways_mean_request_on_every_variant(
         assert rates["output"] == pytest.approx(
             sum(u["completion_tokens"] for u in usage) / sum(out_bytes[name])
         )
+        assert row["pricing_tokens_per_byte"] == rates  # no live quality: its own traffic
         fit = row["step_cost_s"]
         assert fit["steps"] >= 20 and min(fit["fixed"], fit["per_prompt_token"]) >= 0
         prompt_tokens, output_tokens = (
@@ -251,12 +254,34 @@ def test_equal_work_prices_the_gateways_mean_request_on_every_variant(
         assert row["equal_work_dollars_per_million_bytes"] == pytest.approx(
             1.0 * seconds / 3600 / mix["output_bytes"] * 1e6
         )
+    _prices_a_workload_given_in_the_query(gateway)
     a, b = rows["twin-a"], rows["twin-b"]
     equal = a["equal_work_dollars_per_million_bytes"] / b["equal_work_dollars_per_million_bytes"]
     raw = a["raw_dollars_per_million_bytes"] / b["raw_dollars_per_million_bytes"]
     with capsys.disabled():  # into the CI log, pass or fail
         print(f"\nidentical engines, unequal traffic: equal-work ratio {equal:.3f}, raw ratio "
               f"{raw:.3f}; fits {a['step_cost_s']} {b['step_cost_s']}")  # fmt: skip
+
+
+def _prices_a_workload_given_in_the_query(gateway: str) -> None:
+    """A benchmark's load priced on the same live fits; a workload given in part or out of
+    range is refused in OpenAI's format."""
+    workload = {"prompt_bytes": 400.0, "output_bytes": 90.0, "inflight": 3.0}
+    priced = httpx.get(f"{gateway}/v1/variants/compare", params=workload).json()
+    assert priced["reference_mix"] == {**workload, "requests": 0.0}
+    assert priced["reference_mix_source"] == "query"
+    for row in priced["data"]:
+        fit, rates = row["step_cost_s"], row["pricing_tokens_per_byte"]
+        out_tokens = 90.0 * rates["output"]
+        seconds = (out_tokens * fit["fixed"] / 3.0 + fit["per_prompt_token"] * 400.0
+                   * rates["prompt"] + fit["per_output_token"] * out_tokens)  # fmt: skip
+        assert row["equal_work_dollars_per_million_bytes"] == pytest.approx(
+            seconds / 3600 / 90.0 * 1e6
+        )
+    for bad in ({"prompt_bytes": 400}, {**workload, "inflight": 0.5},
+                {**workload, "output_bytes": "x"}):  # fmt: skip
+        r = httpx.get(f"{gateway}/v1/variants/compare", params=bad)
+        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
 
 
 @pytest.fixture(scope="module")
@@ -343,6 +368,13 @@ def test_live_quality_in_bits_per_byte(tiny_engines, damaged, start_gateway, cap
     # Noise on every weight: far worse, and told apart with fewer than 50 texts.
     assert hurt["live_bpb_ratio"] > 1.5 and hurt["live_bpb_ratio_ci95"][0] > 1.2
     assert 2 <= hurt["live_bpb_samples"] < 50
+    # Equal work prices a candidate's tokens from the same texts as the reference's: one
+    # tokenizer here, so exactly the reference's own rates, whatever the candidate writes.
+    for row in (twin, hurt):
+        assert row["live_tokens_ratio"] == 1.0
+        assert row["tokens_per_byte_source"] == "ref x same-text ratio"
+        assert row["pricing_tokens_per_byte"] == rows["ref"]["tokens_per_byte"]
+    assert rows["refuses"]["tokens_per_byte_source"] == "own traffic"
     # An engine that refuses the scoring request: failed samples, a log line, nothing else.
     assert rows["refuses"]["live_bpb_failed"] > 0 and rows["refuses"]["live_bpb_samples"] == 0
     log = start_gateway.logs[gateway].read_text()

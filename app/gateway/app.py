@@ -12,9 +12,10 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.gateway import accounting as acc
-from app.gateway.config import Deployment, load_deployment, resolve_production
+from app.gateway.config import Deployment, load_deployment, quality_plans, resolve_production
 from app.gateway.engine_books import EngineBooks
 from app.gateway.errors import GatewayError, error_response
 from app.gateway.openapi import MAX_NESTING, openapi_schema
@@ -22,6 +23,7 @@ from app.gateway.protocol import ChatCompletionRequest, CompletionLike, Completi
 from app.gateway.serving import Gateway
 from app.metrics.compare import compare
 from app.metrics.derived import render_derived
+from app.metrics.equal_work import WORKLOAD_FIELDS, Mix
 from app.metrics.exposition import CONTENT_TYPE_LATEST, read_samples, render
 from app.metrics.facts import load_facts, publish_facts
 
@@ -35,6 +37,7 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
     gateway = Gateway(deployment)
     books = EngineBooks(gateway.engines)
     prices = {n: v.price_per_hour for n, v in deployment.variants.items()}
+    references = {alias: plan.reference for alias, plan in quality_plans(deployment).items()}
     facts = load_facts(
         registry_home, {n: v.registry_name or n for n, v in deployment.variants.items()}
     )
@@ -43,8 +46,10 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
     if not keys:
         log.warning("no API keys configured: the gateway is open to anyone who can reach it")
 
-    async def compared() -> dict:
-        return compare(list(deployment.variants), read_samples(), facts, await books.read(), prices)
+    async def compared(workload: Mix | None = None) -> dict:
+        read = await books.read()
+        return compare(list(deployment.variants), read_samples(), facts, read, prices, workload,
+                       references)  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -86,6 +91,12 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
             raise GatewayError(400, "request body must be a JSON object")
         if nesting(body, MAX_NESTING) > MAX_NESTING:
             raise GatewayError(400, f"request body is nested deeper than {MAX_NESTING} levels")
+        try:  # JSON may escape a lone surrogate (\ud800), which no tokenizer can read
+            json.dumps(body, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise GatewayError(
+                400, "request body holds a lone surrogate (\\uD800-\\uDFFF): not valid Unicode"
+            ) from None
         try:
             return model.model_validate(body), body
         except ValidationError as e:
@@ -113,7 +124,7 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
     @app.get("/v1/variants/compare")
     async def variants_compare(request: Request) -> dict:
         authorize(request)
-        return await compared()
+        return await compared(workload_of(request.query_params))
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -137,9 +148,14 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
         body = {"ready": ok, "engines": engines, "aliases": aliases}
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.exception_handler(404)
-    async def _not_found(_request: Request, _exc) -> JSONResponse:
-        return error_response(404, "no such route")
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own refusals (no such route, a method the route does not take), in
+        # OpenAI's format like every other error; an Allow header stays.
+        message = {404: "no such route", 405: "method not allowed on this route"}.get(
+            exc.status_code, str(exc.detail)
+        )
+        return error_response(exc.status_code, message, headers=exc.headers)
 
     app.openapi = lambda: openapi_schema(app, deployment)
     return app
@@ -178,3 +194,24 @@ def app_from_env() -> FastAPI:
     return create_app(
         load_deployment(Path(os.environ["SPARSEGATE_DEPLOYMENT"])), Path(home) if home else None
     )
+
+
+def workload_of(params) -> Mix | None:
+    """A workload to price on every variant's live fit instead of the traffic's own mean
+    request (`?prompt_bytes=&output_bytes=&inflight=`, all three): a benchmark's load, say."""
+    given = {k: params[k] for k in WORKLOAD_FIELDS if k in params}
+    if not given:
+        return None
+    if len(given) < len(WORKLOAD_FIELDS):
+        raise GatewayError(400, f"a workload needs all of {', '.join(WORKLOAD_FIELDS)}")
+    values = {}
+    for key, text in given.items():
+        try:
+            values[key] = float(text)
+        except ValueError:
+            values[key] = float("nan")
+        if not (0 < values[key] < 1e12) or (key == "inflight" and values[key] < 1):
+            raise GatewayError(
+                400, f"{key} must be a positive number (inflight at least 1)", param=key
+            )
+    return Mix(**values, requests=0.0)

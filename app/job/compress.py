@@ -188,12 +188,17 @@ def _finish(
 
 
 def _round_as_stored(model: Any) -> None:
-    """Round the weights to bf16, as `_save` stores them, then compute in float32 again: the
+    """Round the parameters to bf16, as `_save` stores them, computing in float32 still: the
     variant is scored on the weights it is served with (a recovery change smaller than a
-    bf16 step would otherwise count in the record and vanish from the served model)."""
+    bf16 step would otherwise count in the record and vanish from the served model). Only
+    parameters: buffers the checkpoint does not hold (rotary frequencies) are rebuilt in
+    float32 when it is loaded, and must stay so here."""
     import torch
 
-    model.to(torch.bfloat16).to(torch.float32)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dtype == torch.float32:
+                param.copy_(param.to(torch.bfloat16))
 
 
 def _save(model: Any, tokenizer: Any, out: Path, *, quantized: bool) -> None:
