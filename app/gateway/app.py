@@ -5,6 +5,7 @@ import hmac
 import json
 import logging
 import os
+import re
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -28,6 +29,9 @@ from app.metrics.exposition import CONTENT_TYPE_LATEST, read_samples, render
 from app.metrics.facts import load_facts, publish_facts
 
 log = logging.getLogger("sparsegate.gateway")
+# JSON can escape a lone surrogate (\ud800), which no tokenizer can read; raw UTF-8 cannot
+# hold one. Only a body with such an escape (pairs too) is encoded again to find out.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 ROUTES = ("/v1/completions", "/v1/chat/completions")
 _OUTCOMES = {429: acc.REJECTED, 503: acc.UNAVAILABLE, 504: acc.TIMEOUT}
 
@@ -91,12 +95,10 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
             raise GatewayError(400, "request body must be a JSON object")
         if nesting(body, MAX_NESTING) > MAX_NESTING:
             raise GatewayError(400, f"request body is nested deeper than {MAX_NESTING} levels")
-        try:  # JSON may escape a lone surrogate (\ud800), which no tokenizer can read
-            json.dumps(body, ensure_ascii=False).encode()
-        except UnicodeEncodeError:
+        if _SURROGATE_ESCAPE.search(raw) and not _encodable(body):
             raise GatewayError(
                 400, "request body holds a lone surrogate (\\uD800-\\uDFFF): not valid Unicode"
-            ) from None
+            )
         try:
             return model.model_validate(body), body
         except ValidationError as e:
@@ -196,6 +198,14 @@ def app_from_env() -> FastAPI:
     )
 
 
+def _encodable(body: dict) -> bool:
+    try:
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def workload_of(params) -> Mix | None:
     """A workload to price on every variant's live fit instead of the traffic's own mean
     request (`?prompt_bytes=&output_bytes=&inflight=`, all three): a benchmark's load, say."""
@@ -204,14 +214,17 @@ def workload_of(params) -> Mix | None:
         return None
     if len(given) < len(WORKLOAD_FIELDS):
         raise GatewayError(400, f"a workload needs all of {', '.join(WORKLOAD_FIELDS)}")
-    values = {}
-    for key, text in given.items():
-        try:
-            values[key] = float(text)
-        except ValueError:
-            values[key] = float("nan")
-        if not (0 < values[key] < 1e12) or (key == "inflight" and values[key] < 1):
+    values = {key: _number(text) for key, text in given.items()}
+    for key, value in values.items():
+        if not (0 < value < 1e12) or (key == "inflight" and value < 1):
             raise GatewayError(
                 400, f"{key} must be a positive number (inflight at least 1)", param=key
             )
     return Mix(**values, requests=0.0)
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")  # refused by the range check, as any other bad value

@@ -119,8 +119,8 @@ async def text_bits(engine: Engine, text: str, alias: str) -> tuple[float, int] 
         status, result = await engine.post_json("/v1/completions", body, "quality", alias)
         if status != 200:
             raise ValueError(f"answered {status}: {str(result)[:200]}")
-        entries = result["choices"][0]["prompt_logprobs"]
-        return bits(_nll(result["choices"][0])), len(entries)
+        choice = result["choices"][0]
+        return bits(_nll(choice)), len(choice["prompt_logprobs"])
     except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError, IndexError) as e:
         log.warning("quality scoring on %s failed: %s", engine.name, e)
         return None

@@ -108,8 +108,8 @@ class EmbeddedRegistry(Registry):
             raise
         self._db.execute("COMMIT")
 
-    def files_folder(self, variant: Variant) -> tuple[Path, str]:
-        return self.path_of(variant.name), variant.name
+    def files_folder(self, variant: Variant) -> Path:
+        return self.path_of(variant.name)
 
     def missing_files(self, name: str) -> list[str]:
         variant = self.get(name)

@@ -25,8 +25,8 @@ MANIFEST = ".sparsegate-expanded.json"
 
 
 def content_key(variant: Variant) -> str:
-    lines = sorted(f"{f.path}:{f.sha256}" for f in variant.files)
-    return f"{variant.name}@{hashlib.sha256(chr(10).join(lines).encode()).hexdigest()[:16]}"
+    lines = "\n".join(sorted(f"{f.path}:{f.sha256}" for f in variant.files))
+    return f"{variant.name}@{hashlib.sha256(lines.encode()).hexdigest()[:16]}"
 
 
 def intact(folder: Path) -> bool:

@@ -145,11 +145,11 @@ class SharedRegistry(Registry):
                 return False
         return True
 
-    def files_folder(self, variant: Variant) -> tuple[Path, str]:
+    def files_folder(self, variant: Variant) -> Path:
         cache = self._cache_dir(variant)
         if cache.exists():
             if self._verified(cache, variant):
-                return cache, cache.name
+                return cache
             shutil.rmtree(cache, ignore_errors=True)  # corrupted or partial: fetch again
         missing = self.missing_files(variant.name)
         if missing:
@@ -174,7 +174,7 @@ class SharedRegistry(Registry):
                 shutil.rmtree(tmp, ignore_errors=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return cache, cache.name
+        return cache
 
     def _delete_files(self, variant: Variant) -> None:
         with suppress(SparsegateError):  # the collector retries what is left

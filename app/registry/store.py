@@ -148,9 +148,8 @@ class Registry(ABC):
         """Make the draft's files and the record appear together, or neither."""
 
     @abstractmethod
-    def files_folder(self, variant: Variant) -> tuple[Path, str]:
-        """A local folder holding the variant's files as registered, and a key naming that
-        copy (for the expansion cache)."""
+    def files_folder(self, variant: Variant) -> Path:
+        """A local folder holding the variant's files as registered."""
 
     @abstractmethod
     def missing_files(self, name: str) -> list[str]:
@@ -192,7 +191,7 @@ class Registry(ABC):
         """A local folder an engine can load: the variant's files, sparse ones expanded
         (`app.registry.expanded`: keyed by content, checked on every use)."""
         variant = self.get(name)
-        folder, _ = self.files_folder(variant)
+        folder = self.files_folder(variant)
         if not any(folder.glob(f"*{SPARSE_SUFFIX}")):
             return folder
         target = self.home / EXPANDED / expanded.content_key(variant)
@@ -343,7 +342,7 @@ class Registry(ABC):
                         )
                     done.add(v.name)
                     continue
-                folder, _ = source.files_folder(v)
+                folder = source.files_folder(v)
                 with self.draft(v.name) as draft:
                     for f in v.files:
                         (draft.path / f.path).parent.mkdir(parents=True, exist_ok=True)
