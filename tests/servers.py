@@ -125,6 +125,18 @@ class Postgres:
             conn.execute(f"CREATE DATABASE {name}")
         return name
 
+    def add_reader(self, dbname: str) -> str:
+        """The URL of a read-only role on `dbname`, made by the script deployments run on
+        the database's first start (deploy/k8s/registry/initdb-reader.sh)."""
+        role, password = "reader_" + uuid.uuid4().hex[:8], "rp-" + uuid.uuid4().hex[:12]
+        env = {"PATH": f"{pg_bindir()}:{os.environ['PATH']}", "POSTGRES_USER": self.user,
+               "POSTGRES_DB": dbname, "PGHOST": "127.0.0.1", "PGPORT": str(self.port),
+               "PGPASSWORD": self.password, "SPARSEGATE_READER": role,
+               "SPARSEGATE_READER_PASSWORD": password}  # fmt: skip
+        script = Path(__file__).resolve().parents[1] / "deploy/k8s/registry/initdb-reader.sh"
+        subprocess.run([str(script)], env=env, check=True, capture_output=True)
+        return f"postgresql://{role}:{password}@127.0.0.1:{self.port}/{dbname}"
+
     def stop(self) -> None:
         _stop(self.proc, signal.SIGINT)  # "fast" shutdown
         shutil.rmtree(self.root, ignore_errors=True)
@@ -132,6 +144,8 @@ class Postgres:
 
 class SeaweedS3:
     access_key, secret_key = "sparsegate", "sk-" + uuid.uuid4().hex[:16]
+    # as deploy/compose/s3-identities.json gives the gateway and the engines
+    reader_key, reader_secret = "sparsegate-reader", "rk-" + uuid.uuid4().hex[:16]
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="sparsegate-s3-"))
@@ -142,7 +156,14 @@ class SeaweedS3:
                     "name": "sparsegate",
                     "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
                     "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                }
+                },
+                {
+                    "name": "reader",
+                    "credentials": [
+                        {"accessKey": self.reader_key, "secretKey": self.reader_secret}
+                    ],
+                    "actions": ["Read", "List"],
+                },
             ]
         }
         (self.root / "s3.json").write_text(json.dumps(identities))
@@ -162,11 +183,11 @@ class SeaweedS3:
             )  # fmt: skip
         _wait(self.proc, self._ready, "seaweedfs", self.log)
 
-    def env(self, secret: str | None = None) -> dict[str, str]:
+    def env(self, secret: str | None = None, *, reader: bool = False) -> dict[str, str]:
         return {
             "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": secret or self.secret_key,
+            "AWS_ACCESS_KEY_ID": self.reader_key if reader else self.access_key,
+            "AWS_SECRET_ACCESS_KEY": secret or (self.reader_secret if reader else self.secret_key),
             "AWS_DEFAULT_REGION": "us-east-1",
         }
 

@@ -53,7 +53,7 @@ def test_compose_file_validates(profile, registry):
     assert proc.returncode == 0, proc.stderr
     services = yaml.safe_load(proc.stdout)["services"]
     ours = [n for n, s in services.items() if s.get("image", "").startswith("sparsegate-")]
-    for name in set(ours) - {"bench", "prometheus"}:  # (neither reads the registry)
+    for name in set(ours) - {"bench", "prometheus", "keys"}:  # (none reads the registry)
         env = services[name].get("environment") or {}
         assert ("SPARSEGATE_REGISTRY_URL" in env) == (registry == "shared"), name
     if registry == "shared":
@@ -63,6 +63,30 @@ def test_compose_file_validates(profile, registry):
             == needs["objects"]["condition"]
             == ("service_healthy")
         )
+        # only the job writes: the gateway and the engines hold read-only credentials
+        writer = services["compress"]["environment"]
+        for name in [n for n in ours if n == "gateway" or n.startswith("engine-")]:
+            env = services[name]["environment"]
+            assert env["SPARSEGATE_REGISTRY_URL"].startswith("postgresql://sparsegate_reader:")
+            assert env["AWS_ACCESS_KEY_ID"] != writer["AWS_ACCESS_KEY_ID"], name
+    _closed_by_default(services, yaml.safe_load(proc.stdout)["networks"])
+
+
+def _closed_by_default(services: dict, networks: dict) -> None:
+    """Published ports on 127.0.0.1 only; engines on an internal network that only the
+    gateway, Prometheus and the registry's servers join; the gateway requires keys."""
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+    assert networks["engines"]["internal"] is True
+    engines = [n for n in services if n.startswith("engine-")]
+    for name in engines:
+        assert list(services[name]["networks"]) == ["engines"], name
+    members = {n for n, s in services.items() if "engines" in (s.get("networks") or {})}
+    assert members - set(engines) <= {"gateway", "prometheus", "registry-db", "objects"}
+    assert services["keys"]["command"][:2] == ["keys", "init"]
+    for name in ("gateway", "prometheus"):
+        assert services[name]["depends_on"]["keys"]["condition"] == "service_completed_successfully"
 
 
 def test_compose_profiles_hold_the_whole_stack():
@@ -106,7 +130,9 @@ def test_dockerfile_installs_requirements_before_the_code():
     for name, stage in _dockerfile_stages().items():
         if name == "prometheus":
             continue
-        assert stage.index("requirements.py") < stage.index("COPY app ./app"), name
+        lock = f"pip install --require-hashes --no-deps -r /opt/build/{name}.txt"
+        assert f"COPY deploy/lock/{name}.txt" in stage and lock in stage, name
+        assert stage.index(lock) < stage.index("COPY app ./app"), name
     assert "/opt/wheels" not in text and "ca-certificates/" not in text
     assert re.search(r"^ARG BASE=python:3\.11-slim-bookworm$", text, flags=re.M)
 
@@ -319,14 +345,18 @@ def test_compose_and_kubernetes_read_one_deployment_file():
     assert [f"./{CONTAINERS_DEPLOYMENT.relative_to(ROOT)}", "/etc/sparsegate/sparsegate.yaml",
             "ro"] in mounts  # fmt: skip
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    (generated,) = kustomization["configMapGenerator"]
+    (generated,) = [g for g in kustomization["configMapGenerator"]
+                    if g["name"] == "sparsegate-deployment"]  # fmt: skip
     assert (K8S / generated["files"][0]).resolve() == CONTAINERS_DEPLOYMENT
     pod = yaml.safe_load_all((K8S / "gateway.yaml").read_text())
     volumes = next(d for d in pod if d["kind"] == "Deployment")["spec"]["template"]["spec"]
     assert {"name": "config", "configMap": {"name": generated["name"]}} in volumes["volumes"]
     containers = yaml.safe_load(CONTAINERS_DEPLOYMENT.read_text())
     local = yaml.safe_load((ROOT / "deploy" / "sparsegate.yaml").read_text())
-    assert local["gateway"] == containers["gateway"]
+    keys = ("open", "api_keys_file", "api_keys_sha256")
+    assert {k: v for k, v in local["gateway"].items() if k not in keys} == {
+        k: v for k, v in containers["gateway"].items() if k not in keys
+    }
     assert set(local["aliases"]) == set(containers["aliases"])
 
 
@@ -335,20 +365,32 @@ def test_every_shipped_deployment_file_passes_the_strict_loader(tmp_path):
 
     shipped = _shipped_deployments()
     assert len(shipped) == 2
+    made = subprocess.run([str(BIN / "sparsegate"), "keys", "init", str(tmp_path / "keys")],
+                          capture_output=True, text=True)  # fmt: skip
+    assert made.returncode == 0, made.stderr
     for where, text in shipped.items():
+        data = yaml.safe_load(text)
+        if "api_keys_file" in data["gateway"]:  # where compose and Kubernetes mount the keys
+            assert data["gateway"]["api_keys_file"] == "/var/lib/sparsegate/keys/api_keys_sha256"
+            data["gateway"]["api_keys_file"] = str(tmp_path / "keys" / "api_keys_sha256")
         path = tmp_path / "deploy.yaml"
-        path.write_text(text)
+        path.write_text(yaml.safe_dump(data))
         deployment = load_deployment(path)  # raises on any unknown or missing key
-        assert deployment.gateway.open or deployment.gateway.api_keys_sha256, where
+        # Only the one-machine demo (`make demo`, on 127.0.0.1) is open.
+        assert deployment.gateway.open == (where == "deploy/sparsegate.yaml"), where
+        assert deployment.gateway.open or deployment.gateway.key_scopes, where
         assert "gemma" in deployment.aliases, where
 
 
 def test_kubernetes_uses_the_shared_registry_and_no_shared_volume():
     docs = [d for p in _manifests() for d in yaml.safe_load_all(p.read_text()) if d]
-    secret = next(d for d in docs if d["kind"] == "Secret")
-    assert {"SPARSEGATE_REGISTRY_URL", "SPARSEGATE_ARTIFACTS", "AWS_ENDPOINT_URL",
-            "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(secret["stringData"])  # fmt: skip
-    assert secret["stringData"]["SPARSEGATE_ARTIFACTS"].startswith("s3://")
+    secrets = {d["metadata"]["name"]: d["stringData"] for d in docs if d["kind"] == "Secret"}
+    for secret in (secrets["sparsegate-registry"], secrets["sparsegate-registry-read"]):
+        assert {"SPARSEGATE_REGISTRY_URL", "SPARSEGATE_ARTIFACTS", "AWS_ENDPOINT_URL",
+                "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(secret)  # fmt: skip
+        assert secret["SPARSEGATE_ARTIFACTS"].startswith("s3://")
+    read = secrets["sparsegate-registry-read"]["SPARSEGATE_REGISTRY_URL"]
+    assert read.startswith("postgresql://sparsegate_reader:")
     claims = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
     claims += [c for d in docs for c in d.get("spec", {}).get("volumeClaimTemplates", [])]
     assert all("ReadWriteMany" not in c["spec"]["accessModes"] for c in claims)
@@ -358,8 +400,11 @@ def test_kubernetes_uses_the_shared_registry_and_no_shared_volume():
             assert "persistentVolumeClaim" not in volume, (doc["metadata"]["name"], volume)
         containers = pod.get("initContainers", []) + pod.get("containers", [])
         for c in containers:
-            if c["image"].startswith("sparsegate-"):
-                assert {"secretRef": {"name": "sparsegate-registry"}} in c.get("envFrom", [])
+            if c["image"].startswith("sparsegate-") and c["name"] != "keys":
+                # only the job that publishes gets the credentials that write
+                writes = doc["metadata"]["name"] == "sparsegate-compress"
+                secret = "sparsegate-registry" if writes else "sparsegate-registry-read"
+                assert [{"secretRef": {"name": secret}}] == c.get("envFrom"), c["name"]
         engines = [c for c in pod.get("containers", []) if c["name"] == "engine"]
         if engines:  # every engine pod fetches its variant before the engine starts
             fetch = [c for c in pod.get("initContainers", []) if c["name"] == "fetch"]
@@ -367,3 +412,68 @@ def test_kubernetes_uses_the_shared_registry_and_no_shared_volume():
             served = fetch[0]["args"][2]
             args = engines[0].get("args", [])
             assert served in args[0], (args, served)  # the variant it fetched, or its link
+
+
+def test_kubernetes_is_closed_by_default():
+    """Keys made by a Job that may only create Secrets; the gateway reads their digests
+    and nothing else of them; engines and the database take traffic only from their
+    clients; no pod but the keys Job holds a Kubernetes API token."""
+    docs = [d for p in _manifests() for d in yaml.safe_load_all(p.read_text()) if d]
+    (role,) = [d for d in docs if d["kind"] == "Role"]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}]
+    (job,) = [d for d in docs if d["kind"] == "Job" and d["metadata"]["name"] == "sparsegate-keys"]
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:4] == ["keys", "init", "--kubernetes-secret", "sparsegate-api-keys"]
+    gateway = next(d for d in docs if d["metadata"]["name"] == "gateway")
+    (keys,) = [v for v in gateway["spec"]["template"]["spec"]["volumes"] if v["name"] == "keys"]
+    assert keys["secret"]["items"] == [{"key": "api_keys_sha256", "path": "api_keys_sha256"}]
+    policies = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
+    assert policies["default-deny-ingress"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    (engines,) = policies["engines-from-gateway"]["ingress"]
+    assert engines["from"][0] == {"podSelector": {"matchLabels": {"app": "sparsegate-gateway"}}}
+    assert policies["engines-from-gateway"]["podSelector"]["matchLabels"] == {
+        "app": "sparsegate-engine"
+    }
+    for doc in docs:
+        pod = (doc.get("spec") or {}).get("template", {}).get("spec", {})
+        if doc["kind"] in ("Deployment", "Job") and doc["metadata"]["name"] != "sparsegate-keys":
+            assert pod.get("automountServiceAccountToken") is False, doc["metadata"]["name"]
+
+
+def _locked(image: str) -> dict[str, tuple[str, int]]:
+    """package -> (version, number of hashes) in deploy/lock/<image>.txt."""
+    text = (ROOT / "deploy" / "lock" / f"{image}.txt").read_text()
+    found = {}
+    for entry in re.split(r"\n(?=[A-Za-z0-9])", text.split("\n", 2)[2]):
+        head = entry.split()[0]
+        name, _, version = head.partition("==")
+        found[re.sub(r"[-_.]+", "-", name).lower()] = (version, entry.count("--hash=sha256:"))
+    return found
+
+
+@pytest.mark.parametrize(
+    "image, extras", [("gateway", ["gateway", "bench"]), ("engine-cpu", ["serve-cpu", "gateway"]),
+                      ("compress", ["compress"])],
+)  # fmt: skip
+def test_each_image_lock_pins_what_pyproject_asks_with_hashes(image, extras):
+    """The locks (`make lock`) hold every package at one version with its hashes, and
+    still satisfy pyproject.toml: a requirement changed without a new lock fails here."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    locked = _locked(image)
+    assert all(version and hashes for version, hashes in locked.values()), locked
+    optional = project["optional-dependencies"]
+    wanted = project["dependencies"] + [r for e in extras for r in optional[e]]
+    for text in wanted:
+        requirement = Requirement(text)
+        name = re.sub(r"[-_.]+", "-", requirement.name).lower()
+        assert name in locked, f"{text} is not in deploy/lock/{image}.txt: run make lock"
+        version = locked[name][0]
+        assert requirement.specifier.contains(version, prereleases=True), (
+            f"deploy/lock/{image}.txt has {name}=={version}, pyproject.toml asks {text}: "
+            "run make lock"
+        )
+    assert "torchvision" not in locked  # beside the CPU torch it breaks transformers

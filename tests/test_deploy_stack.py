@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -208,9 +209,71 @@ def _gateway_sees(stack: Stack, variant: str) -> bool:
         return False
 
 
-def _client(stack: Stack) -> openai.OpenAI:
+def _user_key(stack: Stack) -> str:
+    """The key the `keys` service printed on the first run, as a user reads it."""
+    log = stack.logs(stack.container("keys"))
+    assert log.count("stored nowhere): ") == 1, log
+    return log.split("stored nowhere): ")[1].split()[0]
+
+
+def _client(stack: Stack, key: str | None = None) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"http://127.0.0.1:{stack.ports['gateway']}/v1",
-                         api_key="unused", max_retries=0, timeout=120)  # fmt: skip
+                         api_key=key or _user_key(stack), max_retries=0, timeout=120)  # fmt: skip
+
+
+def _reaches(stack: Stack, host: str, *python: str) -> bool:
+    """Whether `python` (a run or exec command line up to python3) reaches an engine's
+    /health at `host` (its name or its address)."""
+    probe = ("import urllib.request as u, sys\ntry:\n"
+             " u.urlopen(f'http://{sys.argv[1]}:8000/health', timeout=10); print('reached')\n"
+             "except Exception as e: print('refused', e)")  # fmt: skip
+    out = stack.run(stack.engine, *python, "-c", probe, host, timeout=120)
+    return out.startswith("reached")
+
+
+def _address(stack: Stack, service: str) -> str:
+    (info,) = json.loads(stack.run(stack.engine, "inspect", stack.container(service)))
+    networks = info["NetworkSettings"]["Networks"]
+    return networks[f"{stack.project}_engines"]["IPAddress"]
+
+
+def test_the_stack_is_closed_by_default(stack):
+    """Keys made on the first run; nothing answers without one; only the gateway (and
+    Prometheus) reach an engine: another container on the stack's network does not."""
+    started = time.monotonic()
+    with pytest.raises(openai.AuthenticationError):
+        _client(stack, "sg-not-a-key").completions.create(model="gemma", prompt="x", max_tokens=1)
+    url = f"http://127.0.0.1:{stack.ports['gateway']}/metrics"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=10)
+    assert refused.value.code == 401
+    engine = _address(stack, "engine-dense")
+    for host in ("engine-dense", engine):
+        assert _reaches(stack, host, "exec", stack.container("gateway"), "python3")
+    outsider = ["run", "--rm", "--network", f"{stack.project}_default", "--entrypoint",
+                "python3", "sparsegate-gateway:latest"]  # fmt: skip
+    for host in ("engine-dense", engine):  # neither by name nor by address
+        assert not _reaches(stack, host, *outsider), host
+    stack.step("closed: keys required, engines reached by the gateway only", started)
+
+
+def test_images_hold_exactly_the_locked_versions(stack):
+    """Two builds install the same versions: what the lock pins, no more, no less."""
+    for image, lock in (("gateway", "gateway"), ("engine-cpu", "engine-cpu")):
+        frozen = stack.run(stack.engine, "run", "--rm", "--entrypoint", "pip",
+                           f"sparsegate-{image}:latest", "freeze", "--all")  # fmt: skip
+        installed = {_norm(line.split("==")[0]): line.split("==")[1]
+                     for line in frozen.splitlines() if "==" in line}  # fmt: skip
+        installed.pop("sparsegate", None)
+        installed.pop("pip", None)  # the venv's own
+        text = (ROOT / "deploy" / "lock" / f"{lock}.txt").read_text()
+        pinned = {_norm(m[0]): m[1] for m in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", text, re.M)}
+        assert installed == pinned, set(installed.items()) ^ set(pinned.items())
+    stack.say(f"deploy stack: images hold their locks ({len(pinned)} packages in {lock})")
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def test_openai_client_through_the_gateway_container(stack):

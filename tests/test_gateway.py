@@ -263,6 +263,45 @@ def test_api_keys(tiny_engines, start_gateway):
         bad.completions.create(model="tiny-a", prompt="x", max_tokens=1)
 
 
+def test_keys_from_keys_init_open_only_their_routes(tiny_engines, start_gateway, tmp_path):
+    """What compose and Kubernetes run: `keys init` makes the keys once (the user's printed,
+    Prometheus's saved); the gateway reads the digests; /metrics takes a key, and the
+    scraper's key opens /metrics alone. /health and the API's schema stay open."""
+    import httpx
+
+    made = run_cli("keys", "init", str(tmp_path / "keys"), "--save", "prometheus:metrics")
+    assert made.returncode == 0, made.stderr
+    user = made.stdout.split("stored nowhere): ")[1].split()[0]
+    scraper = (tmp_path / "keys" / "prometheus.key").read_text().strip()
+    digests = (tmp_path / "keys" / "api_keys_sha256").read_text()
+    assert user not in digests and scraper not in digests
+    again = run_cli("keys", "init", str(tmp_path / "keys"), "--save", "prometheus:metrics")
+    assert again.returncode == 0 and "already exist" in again.stdout and user not in again.stdout
+    assert (tmp_path / "keys" / "api_keys_sha256").read_text() == digests
+
+    url = start_gateway(
+        {
+            "gateway": {"api_keys_file": str(tmp_path / "keys" / "api_keys_sha256")},
+            "variants": {"tiny-a": {"url": tiny_engines["tiny-a"]}},
+        },
+    )
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=user, max_retries=0)
+    assert client.completions.create(model="tiny-a", prompt="x", max_tokens=1).usage
+    scraping = openai.OpenAI(base_url=f"{url}/v1", api_key=scraper, max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        scraping.completions.create(model="tiny-a", prompt="x", max_tokens=1)
+    assert refused.value.body["type"] == "permission_error"
+
+    def metrics(key: str | None) -> int:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.get(f"{url}/metrics", headers=headers).status_code
+
+    refused = (metrics(None), metrics("wrong"))
+    assert refused == (401, 401) and metrics(scraper) == metrics(user) == 200
+    assert httpx.get(f"{url}/health").status_code == 200
+    assert httpx.get(f"{url}/openapi.json").status_code == 200
+
+
 def test_metrics_count_requests_and_tokens_exactly(client, gateway, tiny_engines):
     def figures() -> dict[str, float]:
         return {

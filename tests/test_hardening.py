@@ -196,6 +196,28 @@ def test_unknown_key_in_the_deployment_file_is_one_line(tiny_engines, tmp_path):
         assert KEY not in proc.stderr  # a key pasted in the wrong place is not echoed
 
 
+def test_open_or_unreadable_keys_are_refused_in_one_line(tiny_engines, tmp_path):
+    """An open gateway may not listen beyond this machine; a key file that is missing or
+    holds a key instead of a digest stops the start, without echoing what it holds."""
+    config = tmp_path / "deploy.yaml"
+    keys, good = tmp_path / "keys.txt", tmp_path / "good.txt"
+    keys.write_text(f"{KEY} api\n")
+    good.write_text(f"{DIGEST} api\n")
+    variants = {"a": {"url": tiny_engines["tiny-a"]}}
+    cases = {
+        "listens on this machine only": ({"open": True}, ["--host", "0.0.0.0"]),
+        "cannot read api_keys_file": ({"api_keys_file": str(tmp_path / "none")}, []),
+        "line 1 is not": ({"api_keys_file": str(keys)}, []),
+        "contradict": ({"open": True, "api_keys_file": str(good)}, []),
+    }
+    for expected, (gateway, args) in cases.items():
+        config.write_text(yaml.safe_dump({"gateway": gateway, "variants": variants}))
+        proc = run_cli("serve", "--config", str(config), *args, timeout=60)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert KEY not in proc.stderr
+
+
 def test_no_key_reaches_a_log(gateway, start_gateway):
     assert httpx.get(f"{gateway}/v1/models").status_code == 401
     assert httpx.get(f"{gateway}/v1/models", headers=AUTH).status_code == 200
@@ -210,23 +232,30 @@ def test_no_key_reaches_a_log(gateway, start_gateway):
 
 
 def test_engine_4xx_is_an_invalid_request_of_that_variant(gateway):
-    before = metric(gateway, "sparsegate_requests_total", variant="tiny-a", outcome="invalid")
+    before = metric(
+        gateway, "sparsegate_requests_total", headers=AUTH, variant="tiny-a", outcome="invalid"
+    )
     # vLLM refuses top_k -5 with a 400 (the gateway passes top_k on unchecked): the
     # request's fault, not the engine's.
     r = _post(gateway, {"model": "tiny-a", "prompt": "x", "max_tokens": 2, "top_k": -5})
     assert r.status_code == 400 and "top_k" in r.text
-    after = metric(gateway, "sparsegate_requests_total", variant="tiny-a", outcome="invalid")
+    after = metric(
+        gateway, "sparsegate_requests_total", headers=AUTH, variant="tiny-a", outcome="invalid"
+    )
     assert after - before == 1
-    assert metric(gateway, "sparsegate_requests_total", variant="tiny-a",
+    assert metric(gateway, "sparsegate_requests_total", headers=AUTH, variant="tiny-a",
                   outcome="engine_error") == 0  # fmt: skip
 
 
 def test_a_refusal_is_counted_for_its_alias_and_first_choice(gateway, start_gateway):
     r = _post(gateway, {"model": "gone", "prompt": "x", "max_tokens": 2})
     _is_openai_error(r, 503)
-    assert metric(gateway, "sparsegate_requests_total", variant="dead", alias="gone",
+    assert metric(gateway, "sparsegate_requests_total", headers=AUTH, variant="dead", alias="gone",
                   status="503") == 1  # fmt: skip
-    assert metric(gateway, "sparsegate_requests_total", variant="none", status="503") == 0
+    assert (
+        metric(gateway, "sparsegate_requests_total", headers=AUTH, variant="none", status="503")
+        == 0
+    )
     log = start_gateway.logs[gateway]
     wait_for(lambda: "engine dead: ClientConnectorError" in log.read_text(),
               what="cause of the engine failure logged")  # fmt: skip

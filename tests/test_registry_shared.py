@@ -25,17 +25,27 @@ PREFIX_ENV = ("SPARSEGATE_REGISTRY_URL", "SPARSEGATE_ARTIFACTS")
 
 @pytest.fixture
 def shared(shared_servers, monkeypatch):
-    """Settings of a fresh shared registry, in the environment as a user sets them."""
+    """Settings of a fresh shared registry, in the environment as a user sets them; under
+    "read", those a gateway or engine gets (a read-only role and read-only S3 keys)."""
     pg, s3 = shared_servers
     prefix = uuid.uuid4().hex[:8]
+    database = pg.new_database()
+    artifacts = f"s3://sparsegate-test/{prefix}"
     settings = {
-        "SPARSEGATE_REGISTRY_URL": pg.url(pg.new_database()),
-        "SPARSEGATE_ARTIFACTS": f"s3://sparsegate-test/{prefix}",
+        "SPARSEGATE_REGISTRY_URL": pg.url(database),
+        "SPARSEGATE_ARTIFACTS": artifacts,
         **s3.env(),
     }
     for key, value in settings.items():
         monkeypatch.setenv(key, value)
-    return settings | {"prefix": prefix}
+    read = {"SPARSEGATE_REGISTRY_URL": pg.add_reader(database), "SPARSEGATE_ARTIFACTS": artifacts,
+            **s3.env(reader=True)}  # fmt: skip
+    return settings | {"prefix": prefix, "read": read}
+
+
+def _as_reader(shared, monkeypatch) -> None:
+    for key, value in shared["read"].items():
+        monkeypatch.setenv(key, value)
 
 
 def _keys(s3, prefix: str) -> list[str]:
@@ -292,7 +302,7 @@ def test_migrate_moves_an_embedded_registry_into_the_shared_one(tmp_path, shared
 
 
 def test_gateway_reads_production_aliases_and_facts_from_the_shared_registry(
-    tmp_path, shared, start_gateway
+    tmp_path, shared, start_gateway, monkeypatch
 ):
     reg = open_registry(tmp_path / "job", create=True)
     _register(reg, "dense", {"w.bin": b"d"}, param_count=100)
@@ -300,6 +310,7 @@ def test_gateway_reads_production_aliases_and_facts_from_the_shared_registry(
     _register(reg, "cheap", {"w.bin": b"c"}, base="dense", parent="dense", param_count=60,
               quality=quality)  # fmt: skip
     reg.set_stage("cheap", Stage.production)
+    _as_reader(shared, monkeypatch)  # the gateway's own read-only credentials
     dead = f"http://127.0.0.1:{free_port()}"  # routing is not under test: no engine needed
     url = start_gateway(
         {
@@ -315,7 +326,7 @@ def test_gateway_reads_production_aliases_and_facts_from_the_shared_registry(
 
 
 def test_engine_hosts_fetch_and_expand_sparse_variants_behind_a_fixed_link(
-    tiny_registry, tmp_path, shared
+    tiny_registry, tmp_path, shared, monkeypatch
 ):
     """What an engine's init container does on a fresh node: fetch the variant from the
     store, expand its sparse-at-rest weights, and point a fixed path at the result."""
@@ -323,6 +334,7 @@ def test_engine_hosts_fetch_and_expand_sparse_variants_behind_a_fixed_link(
 
     copied = EmbeddedRegistry(tiny_registry)
     open_registry(tmp_path / "migrator", create=True).copy_from(copied)
+    _as_reader(shared, monkeypatch)  # an engine's read-only credentials
     link = tmp_path / "serve" / "tiny-p"
     proc = run_cli("models", "path", "tiny-p", "--link", str(link), registry=tmp_path / "node")
     assert proc.returncode == 0, proc.stderr
@@ -375,3 +387,29 @@ def test_import_and_compress_jobs_publish_into_the_shared_registry(
     listed = run_cli("models", "list", registry=other)
     assert listed.returncode == 0 and "PostgreSQL at 127.0.0.1" in listed.stdout
     assert "tiny-p" in listed.stdout
+
+
+def test_the_read_only_credentials_cannot_change_the_registry(tmp_path, shared, monkeypatch):
+    """What the gateway and the engines are given may read records and files, and write
+    neither: a promote and an upload are refused, one line each, and nothing changes."""
+    import hashlib
+
+    reg = open_registry(tmp_path / "job", create=True)
+    _register(reg, "dense", {"w.bin": b"d"}, param_count=100)
+    _register(reg, "cheap", {"w.bin": b"c"}, base="dense", parent="dense", param_count=60)
+    _as_reader(shared, monkeypatch)
+    node = tmp_path / "node"
+    shown = run_cli("models", "list", registry=node)
+    assert shown.returncode == 0 and "cheap" in shown.stdout, shown.stderr
+    promote = run_cli("models", "promote", "cheap", "--force", registry=node)
+    assert promote.returncode == 2, promote.stderr
+    (line,) = promote.stderr.strip().splitlines()
+    assert "read-only" in line, line
+    password = shared["read"]["SPARSEGATE_REGISTRY_URL"].split(":")[2].split("@")[0]
+    assert password not in line
+    reader = open_registry(node)
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(b"x")
+    with pytest.raises(SparsegateError, match="refused the credentials"):
+        reader.objects.upload(payload, "intruder", hashlib.sha256(b"x").hexdigest())
+    assert open_registry(tmp_path / "job").get("cheap").stage == Stage.candidate

@@ -16,10 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.bench.load import Load, Outcome, run_load
 
 
-async def gateway_metric(url: str, family: str) -> float | None:
+async def gateway_metric(url: str, family: str, headers: dict | None = None) -> float | None:
     """One figure of the gateway's own /metrics (the sum of the family's samples); None where
     it does not say (with several workers prometheus-client exports no process metrics)."""
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx.AsyncClient(timeout=10, headers=headers) as http:
         text = (await http.get(f"{url.rstrip('/')}/metrics")).text
     for found in text_string_to_metric_families(text):
         if found.name == family:

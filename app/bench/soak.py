@@ -46,9 +46,9 @@ class SoakResult:
         }
 
 
-async def gateway_rss(url: str) -> float | None:
+async def gateway_rss(url: str, headers: dict) -> float | None:
     """The gateway's resident memory (a single-worker gateway exports it)."""
-    return await gateway_metric(url, "process_resident_memory_bytes")
+    return await gateway_metric(url, "process_resident_memory_bytes", headers)
 
 
 async def _one_stream(
@@ -117,7 +117,7 @@ async def run_soak(
     timeout = aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=600.0)
     connector = aiohttp.TCPConnector(limit=concurrency + 4)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-        result.gateway_rss_bytes_before = await gateway_rss(url)
+        result.gateway_rss_bytes_before = await gateway_rss(url, headers)
         started = time.perf_counter()
 
         async def worker() -> None:
@@ -134,5 +134,5 @@ async def run_soak(
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         result.wall_s = time.perf_counter() - started
-        result.gateway_rss_bytes_after = await gateway_rss(url)
+        result.gateway_rss_bytes_after = await gateway_rss(url, headers)
     return result

@@ -35,6 +35,9 @@ def bench_serve(
     slo_tpot_ms: Annotated[float, typer.Option(help="Goodput SLO on TPOT")] = 200,
     price: Annotated[list[str] | None, typer.Option(help="variant=dollars/hour")] = None,
     api_key: Annotated[str | None, typer.Option(envvar="SPARSEGATE_API_KEY")] = None,
+    api_key_file: Annotated[
+        Path | None, typer.Option(help="A file holding the key (a container's mounted secret)")
+    ] = None,
     wait_ready: Annotated[float, typer.Option(help="Seconds to wait for the engines")] = 0.0,
     out: Annotated[Path, typer.Option(help="JSON results")] = Path("bench.json"),
     chart: Annotated[Path, typer.Option(help="PNG chart")] = Path("bench.png"),
@@ -62,7 +65,7 @@ def bench_serve(
         seed=seed,
         slo=Slo(slo_ttft_ms / 1000, slo_tpot_ms / 1000),
         prices=_prices(price or []),
-        headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+        headers=_auth(api_key, api_key_file),
         out=out,
         chart_path=chart,
         wait_ready_s=wait_ready,
@@ -137,7 +140,7 @@ def bench_soak(
             run_soak(
                 url, model, concurrency=concurrency, duration_s=duration,
                 prompt_words=prompt_words, output_tokens=output_tokens,
-                headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+                headers=_auth(api_key, None),
             )
         )  # fmt: skip
     r = result.as_dict()
@@ -215,3 +218,12 @@ def _prices(items: list[str]) -> dict[str, float]:
         except ValueError:
             raise SparsegateError(f"--price takes variant=dollars_per_hour, not {item!r}") from None
     return out
+
+
+def _auth(key: str | None, key_file: Path | None) -> dict[str, str]:
+    if key_file is not None:
+        try:
+            key = key_file.read_text().strip()
+        except OSError as e:
+            raise SparsegateError(f"--api-key-file {key_file}: {e.strerror}") from None
+    return {"Authorization": f"Bearer {key}"} if key else {}

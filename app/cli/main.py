@@ -9,6 +9,7 @@ from rich.console import Console
 from app.cli.bench import bench_app
 from app.cli.compress import compress
 from app.cli.demo import demo
+from app.cli.keys import keys_app
 from app.cli.models import models_app
 from app.cli.serve import engine, serve
 from app.errors import SparsegateError
@@ -23,6 +24,7 @@ app = typer.Typer(
 app.add_typer(models_app, name="models")
 app.command()(compress)
 app.add_typer(bench_app, name="bench")
+app.add_typer(keys_app, name="keys")
 app.command()(serve)
 app.command()(engine)
 app.command()(demo)

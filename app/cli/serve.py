@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from app.cli.models import RegistryOpt, _home, _open, console
+from app.errors import SparsegateError
 from app.registry import is_shared
 
 # Open streams get this long to finish when `serve` is told to stop; then they are cut, so
@@ -36,6 +37,11 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per health check
     deployment = load_deployment(config)
+    if deployment.gateway.open and not _loopback(host):
+        raise SparsegateError(
+            f"{config}: an open gateway (open: true) listens on this machine only, not on "
+            f"{host}: give it API keys (sparsegate keys init) to serve other hosts"
+        )
     spawned = {n: v for n, v in deployment.variants.items() if v.spawn is not None}
     reg = _open(registry) if spawned else None
     home = reg.home if reg else _registry_if_any(registry)
@@ -116,3 +122,14 @@ def engine(
     env = {**engine_environment(os.environ, variant), "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)}
     # Become the engine: signals (docker stop) reach vLLM directly.
     os.execve(settings.python, settings.command(), env)
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere

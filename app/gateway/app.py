@@ -19,6 +19,7 @@ from app.gateway import accounting as acc
 from app.gateway.config import Deployment, load_deployment, quality_plans, resolve_production
 from app.gateway.engine_books import EngineBooks
 from app.gateway.errors import GatewayError, error_response
+from app.gateway.keys import allows
 from app.gateway.openapi import MAX_NESTING, openapi_schema
 from app.gateway.protocol import ChatCompletionRequest, CompletionLike, CompletionRequest
 from app.gateway.serving import Gateway
@@ -46,7 +47,7 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
         registry_home, {n: v.registry_name or n for n, v in deployment.variants.items()}
     )
     publish_facts(facts)
-    keys = set(deployment.gateway.api_keys_sha256)  # lowercase hex, checked at load
+    keys = deployment.gateway.key_scopes  # digest (lowercase hex) -> scope
     if not keys:
         log.warning("no API keys configured: the gateway is open to anyone who can reach it")
 
@@ -73,13 +74,16 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
             )  # fmt: skip
         return exc.response()
 
-    def authorize(request: Request) -> None:
+    def authorize(request: Request, needed: str = "api") -> None:
         if not keys:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         digest = hashlib.sha256(token.encode()).hexdigest()
-        if scheme.lower() != "bearer" or not any(hmac.compare_digest(digest, k) for k in keys):
+        found = [s for k, s in keys.items() if hmac.compare_digest(digest, k)]
+        if scheme.lower() != "bearer" or not found:
             raise GatewayError(401, "invalid or missing API key (Authorization: Bearer ...)")
+        if not allows(found[0], needed):
+            raise GatewayError(403, f"this key opens the {found[0]} routes only")
 
     async def read_body(
         request: Request, model: type[CompletionLike]
@@ -128,8 +132,11 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
         authorize(request)
         return await compared(workload_of(request.query_params))
 
+    # The same figures as the compare view, so behind a key too (a scraper's key can
+    # hold the `metrics` scope alone); /health, /ready, /docs and /openapi.json stay open.
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        authorize(request, "metrics")
         derived = render_derived(await compared())
         return Response(render() + derived, media_type=CONTENT_TYPE_LATEST)
 

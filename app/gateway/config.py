@@ -5,9 +5,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from app.errors import SparsegateError
+from app.gateway.keys import parse_key_file
 
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -87,9 +96,13 @@ class GatewayConfig(_Strict):
     max_logprobs: int = Field(default=20, ge=0)  # logprobs, top_logprobs, prompt_logprobs
     max_prompts: int = Field(default=16, ge=1)  # prompts in one /v1/completions list
     request_timeout_s: float = Field(default=120.0, gt=0)
-    api_keys_sha256: list[str] = Field(default_factory=list)
+    api_keys_sha256: list[str] = Field(default_factory=list)  # each opens every route
+    # Digests with scopes (app/gateway/keys.py), e.g. a Secret or volume that `sparsegate
+    # keys init` filled; read once at start-up.
+    api_keys_file: Path | None = None
     # A gateway without keys must say so: a missing or misspelt key list is not "open".
     open: bool = False
+    _scopes: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @field_validator("api_keys_sha256")
     @classmethod
@@ -109,14 +122,34 @@ class GatewayConfig(_Strict):
                 f"default_max_tokens {self.default_max_tokens} is over max_tokens_cap "
                 f"{self.max_tokens_cap}"
             )
-        if not self.api_keys_sha256 and not self.open:
+        self._scopes = self._file_scopes() | dict.fromkeys(self.api_keys_sha256, "api")
+        if not self._scopes and not self.open:
             raise ValueError(
-                "no api_keys_sha256: list the keys' SHA-256 digests, or set open: true to "
-                "serve without keys"
+                "no API keys: list their SHA-256 digests in api_keys_sha256 or api_keys_file "
+                "(sparsegate keys init makes them), or set open: true to serve without keys"
             )
-        if self.api_keys_sha256 and self.open:
-            raise ValueError("open: true and api_keys_sha256 contradict each other")
+        if (self.api_keys_sha256 or self.api_keys_file) and self.open:
+            raise ValueError("open: true and API keys contradict each other")
         return self
+
+    def _file_scopes(self) -> dict[str, str]:
+        if self.api_keys_file is None:
+            return {}
+        try:
+            text = self.api_keys_file.read_text()
+        except OSError as e:
+            raise ValueError(
+                f"cannot read api_keys_file {self.api_keys_file}: {e.strerror}"
+            ) from None
+        try:
+            return parse_key_file(text)
+        except ValueError as e:
+            raise ValueError(f"api_keys_file {self.api_keys_file}: {e}") from None
+
+    @property
+    def key_scopes(self) -> dict[str, str]:
+        """digest -> scope of every accepted key (empty: an open gateway)."""
+        return dict(self._scopes)
 
 
 class Deployment(_Strict):
@@ -208,6 +241,10 @@ def load_deployment(path: Path) -> Deployment:
         raise SparsegateError(f"{path}: not valid YAML: {' '.join(first[:3])}") from e
     if not isinstance(data, dict):
         raise SparsegateError(f"{path}: a deployment file is a mapping (gateway, variants, ...)")
+    gateway = data.get("gateway")
+    if isinstance(gateway, dict) and isinstance(gateway.get("api_keys_file"), str):
+        # relative to the deployment file, as its reader expects
+        gateway["api_keys_file"] = str(path.parent / gateway["api_keys_file"])
     try:
         return Deployment.model_validate(data)
     except ValidationError as e:

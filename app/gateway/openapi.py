@@ -36,7 +36,7 @@ _ERROR_REF = {"$ref": "#/components/schemas/Error"}
 # the `[DONE]` sentinel.
 _SSE_EVENT = {"anyOf": [{"type": "object"}, {"const": "[DONE]"}]}
 _BODY_ROUTES = {"/v1/completions": CompletionRequest, "/v1/chat/completions": ChatCompletionRequest}
-_GET_ROUTES = ("/v1/models", "/v1/variants/compare")
+_GET_ROUTES = ("/v1/models", "/v1/variants/compare", "/metrics")
 
 
 def _errors(*statuses: int | str) -> dict:
@@ -101,9 +101,10 @@ def openapi_schema(app: FastAPI, deployment: Deployment) -> dict:
                 },
             },
             # The gateway's own refusals, and an engine's 4xx passed through as it came.
-            **_errors(400, 401, 404, 413, 429, 503, 504, "4XX"),
+            **_errors(400, 401, 403, 404, 413, 429, 503, 504, "4XX"),
         }
     for path in _GET_ROUTES:
-        schema["paths"][path]["get"]["responses"].update(_errors(401))
+        # (403: a key whose scope does not open the route, such as a scraper's)
+        schema["paths"][path]["get"]["responses"].update(_errors(401, 403))
     app.openapi_schema = schema
     return schema

@@ -86,8 +86,12 @@ class Database:
             raise SparsegateError(
                 f"cannot open the registry database at {self.where}: {_scrub(str(e), url)}"
             ) from None
-        exists = self.read("SELECT to_regclass('variants') IS NOT NULL AS ok")[0]["ok"]
-        if not exists and not create:
+        tables = self.read(
+            "SELECT to_regclass('variants') IS NOT NULL AND to_regclass('drafts') IS NOT NULL AS ok"
+        )[0]["ok"]
+        if tables:
+            return  # (a reader's role may not create tables, so none is asked to)
+        if not create:
             raise SparsegateError(
                 f"no registry in the database at {self.where}: import a model first "
                 "(sparsegate models import gemma-3-270m)"
@@ -116,6 +120,11 @@ class Database:
                 yield tx
         except psycopg.errors.UniqueViolation as e:
             raise SparsegateError(f"already exists: {_scrub(str(e), self.url)}") from None
+        except psycopg.errors.InsufficientPrivilege as e:
+            raise SparsegateError(
+                f"the registry database at {self.where} refused a write: these credentials "
+                f"are read-only (the gateway's or an engine's?): {_scrub(str(e), self.url)}"
+            ) from None
         except psycopg.OperationalError as e:
             raise SparsegateError(
                 f"lost the registry database at {self.where}: {_scrub(str(e), self.url)}"
