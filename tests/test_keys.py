@@ -13,7 +13,7 @@ import pytest
 
 from app.deploy.kubernetes import create_secret
 from app.errors import SparsegateError
-from app.gateway.keys import digest, parse_key_file
+from app.tenants.keys import digest, parse_key_file
 from tests.conftest import SPARSEGATE
 
 

@@ -1,28 +1,41 @@
 """`sparsegate keys`: API keys for the gateway, made here and stored as SHA-256 digests."""
 
+import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
+from app.cli.models import RegistryOpt, _home, _open, console
 from app.errors import SparsegateError
-from app.gateway.keys import SCOPES, digest, new_key, render_key_file
+from app.registry import Registry
+from app.tenants.keys import SCOPES, digest, new_key, render_key_file
 
 keys_app = typer.Typer(
     help="API keys for the gateway: the key is shown once, only its digest is kept.",
     no_args_is_help=True,
 )
 KEY_FILE = "api_keys_sha256"
+ModelsOpt = Annotated[
+    str | None, typer.Option(help="Comma-separated models (variants or aliases) it may use")
+]
+ConfigOpt = Annotated[
+    list[Path] | None, typer.Option(help="Deployment file(s) whose aliases and variants count")
+]
 
 
-@keys_app.command("new")
-def new(
+@keys_app.command("file-line")
+def file_line(
     scope: Annotated[str, typer.Option(help="api (all routes) or metrics (/metrics)")] = "api",
     who: Annotated[str, typer.Option(help="A note on who holds it, kept in the file")] = "",
 ) -> None:
-    """Print a new key, and the line to add to the gateway's api_keys_file."""
+    """Print a new key, and the line to add to a gateway's api_keys_file (static keys)."""
     _check_scope(scope)
     key = new_key()
     typer.echo(f"key (shown once, stored nowhere): {key}")
@@ -56,11 +69,119 @@ def init(
     made = _to_secret(kubernetes_secret, files) if kubernetes_secret else _to_folder(folder, files)
     where = f"Secret {kubernetes_secret}" if kubernetes_secret else str(folder / KEY_FILE)
     if not made:
-        typer.echo(f"API keys already exist in {where}; nothing changed (the key was shown "
-                   "once, when they were made; `sparsegate keys new` makes another)")  # fmt: skip
+        typer.echo(
+            f"API keys already exist in {where}; nothing changed (the key was shown "
+            "once, when they were made; `sparsegate keys file-line` makes another)"
+        )
         return
     typer.echo(f"API keys written to {where} ({len(entries)} digests).")
     typer.echo(f"Your API key (shown this once, stored nowhere): {user}")
+
+
+@keys_app.command("create")
+def create(
+    name: Annotated[str, typer.Argument(help="The tenant's name (never the key)")],
+    models: ModelsOpt = None,
+    expires: Annotated[str | None, typer.Option(help="Date or ISO time (UTC) it ends")] = None,
+    config: ConfigOpt = None,
+    registry: RegistryOpt = None,
+) -> None:
+    """A tenant key in the registry's database: printed once, only its digest stored; every
+    gateway with `tenant_keys: true` on this registry accepts it within seconds."""
+    from app.registry import open_registry
+    from app.tenants.store import KeyStore
+
+    reg = open_registry(_home(registry), create=True)
+    try:
+        allowed = _models(models, reg, config or [])
+        key = KeyStore(reg).create(name, allowed, _expiry(expires))
+    finally:
+        reg.close()
+    typer.echo(f"API key {name!r} created; the key (shown this once, stored nowhere): {key}")
+
+
+@keys_app.command("list")
+def list_keys(registry: RegistryOpt = None) -> None:
+    """Every tenant key: its models, expiry and state (never the key)."""
+    from app.tenants.store import KeyStore
+
+    table = Table("name", "models", "expires", "state", "created")
+    with _registry(registry) as reg:
+        for k in KeyStore(reg).listed():
+            table.add_row(k.name, ", ".join(k.models) or "(all)", k.expires_at or "never",
+                          k.state, k.created_at)  # fmt: skip
+    console.print(table)
+
+
+@keys_app.command("show")
+def show(name: str, registry: RegistryOpt = None) -> None:
+    """One tenant key and its audit trail: who changed what, when."""
+    from app.tenants.store import KeyStore
+
+    with _registry(registry) as reg:
+        store = KeyStore(reg)
+        key, trail = store.get(name), store.audit(name)
+    typer.echo(json.dumps({"name": key.name, "models": list(key.models), "expires_at":
+                           key.expires_at, "state": key.state, "created_at": key.created_at,
+                           "audit": trail}, indent=2))  # fmt: skip
+
+
+@keys_app.command("revoke")
+def revoke(name: str, registry: RegistryOpt = None) -> None:
+    """End a tenant key: gateways refuse it within seconds."""
+    from app.tenants.store import KeyStore
+
+    with _registry(registry) as reg:
+        KeyStore(reg).revoke(name)
+    typer.echo(f"API key {name!r} revoked")
+
+
+@keys_app.command("rotate")
+def rotate(name: str, registry: RegistryOpt = None) -> None:
+    """A new key for the tenant, printed once; the old key stops working within seconds."""
+    from app.tenants.store import KeyStore
+
+    with _registry(registry) as reg:
+        key = KeyStore(reg).rotate(name)
+    typer.echo(f"API key {name!r} rotated; the new key (shown this once, stored nowhere): {key}")
+
+
+@contextmanager
+def _registry(registry: Path | None) -> Iterator[Registry]:
+    reg = _open(registry)
+    try:
+        yield reg
+    finally:
+        reg.close()
+
+
+def _models(text: str | None, reg: Registry, configs: list[Path]) -> list[str]:
+    """The named models, each a registry variant or a given deployment's alias or variant."""
+    from app.gateway.config import load_deployment
+
+    names = [m.strip() for m in (text or "").split(",") if m.strip()]
+    known = {v.name for v in reg.variants()}
+    for path in configs:
+        deployment = load_deployment(path)
+        known |= set(deployment.variants) | set(deployment.aliases)
+    unknown = [m for m in names if m not in known]
+    if unknown:
+        hint = "" if configs else " (aliases count with --config DEPLOYMENT_FILE)"
+        raise SparsegateError(f"--models: unknown {', '.join(map(repr, unknown))}{hint}")
+    return names
+
+
+def _expiry(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise SparsegateError(f"--expires {text!r}: a date (2027-01-31) or ISO time") from None
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    if at <= datetime.now(UTC):
+        raise SparsegateError(f"--expires {text!r} is in the past")
+    return at.astimezone(UTC).isoformat(timespec="seconds")
 
 
 def _check_scope(scope: str) -> None:

@@ -49,6 +49,8 @@ def serve(
         # The workers read it for facts: an unreachable or missing shared registry is one
         # line here, not a traceback per worker.
         _open(registry).close()
+    if deployment.gateway.tenant_keys and home is None:
+        raise SparsegateError(f"{config}: tenant_keys: true reads the registry: give --registry")
     resolve_production(deployment, home)  # fail here, in one line, not in every worker
     # The workers build the app from these (uvicorn imports it in each process).
     os.environ["SPARSEGATE_DEPLOYMENT"] = str(config.resolve())

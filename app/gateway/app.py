@@ -1,7 +1,6 @@
 """Routes of the OpenAI-compatible gateway (FastAPI)."""
 
-import hashlib
-import hmac
+import asyncio
 import json
 import logging
 import os
@@ -16,13 +15,14 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.gateway import accounting as acc
+from app.gateway.access import Access
 from app.gateway.config import Deployment, load_deployment, quality_plans, resolve_production
 from app.gateway.engine_books import EngineBooks
 from app.gateway.errors import GatewayError, error_response
-from app.gateway.keys import allows
 from app.gateway.openapi import MAX_NESTING, openapi_schema
 from app.gateway.protocol import ChatCompletionRequest, CompletionLike, CompletionRequest
-from app.gateway.serving import Gateway
+from app.gateway.serving import PIN_HEADER, Gateway
+from app.gateway.tenant_keys import TenantKeys
 from app.metrics.compare import compare
 from app.metrics.derived import render_derived
 from app.metrics.equal_work import WORKLOAD_FIELDS, Mix
@@ -47,8 +47,9 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
         registry_home, {n: v.registry_name or n for n, v in deployment.variants.items()}
     )
     publish_facts(facts)
-    keys = deployment.gateway.key_scopes  # digest (lowercase hex) -> scope
-    if not keys:
+    tenants = TenantKeys(registry_home) if deployment.gateway.tenant_keys else None
+    access = Access(deployment.gateway.key_scopes, tenants)
+    if access.open:
         log.warning("no API keys configured: the gateway is open to anyone who can reach it")
 
     async def compared(workload: Mix | None = None) -> dict:
@@ -59,7 +60,14 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         await books.read()  # each engine's books as this gateway starts: the baseline
+        refreshing = None
+        if tenants:
+            await tenants.refresh()  # keys work from the first request
+            refreshing = asyncio.create_task(tenants.run())
         yield
+        if refreshing:
+            refreshing.cancel()
+            tenants.close()
         await gateway.close()
 
     app = FastAPI(title="sparsegate", lifespan=lifespan)
@@ -74,16 +82,7 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
             )  # fmt: skip
         return exc.response()
 
-    def authorize(request: Request, needed: str = "api") -> None:
-        if not keys:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        found = [s for k, s in keys.items() if hmac.compare_digest(digest, k)]
-        if scheme.lower() != "bearer" or not found:
-            raise GatewayError(401, "invalid or missing API key (Authorization: Bearer ...)")
-        if not allows(found[0], needed):
-            raise GatewayError(403, f"this key opens the {found[0]} routes only")
+    authorize = access.check
 
     async def read_body(
         request: Request, model: type[CompletionLike]
@@ -112,24 +111,27 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        authorize(request)
+        tenant = authorize(request)
         parsed, body = await read_body(request, CompletionRequest)
+        access.check_model(tenant, parsed.model, request.headers.get(PIN_HEADER))
         return await gateway.handle("/v1/completions", parsed, body, request.headers)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        authorize(request)
+        tenant = authorize(request)
         parsed, body = await read_body(request, ChatCompletionRequest)
+        access.check_model(tenant, parsed.model, request.headers.get(PIN_HEADER))
         return await gateway.handle("/v1/chat/completions", parsed, body, request.headers)
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict:
-        authorize(request)
-        return {"object": "list", "data": gateway.models()}
+        tenant = authorize(request)
+        listed = [m for m in gateway.models() if tenant is None or tenant.allows(m["id"])]
+        return {"object": "list", "data": listed}
 
     @app.get("/v1/variants/compare")
     async def variants_compare(request: Request) -> dict:
-        authorize(request)
+        authorize(request, "operator")
         return await compared(workload_of(request.query_params))
 
     # The same figures as the compare view, so behind a key too (a scraper's key can

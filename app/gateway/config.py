@@ -16,7 +16,7 @@ from pydantic import (
 )
 
 from app.errors import SparsegateError
-from app.gateway.keys import parse_key_file
+from app.tenants.keys import parse_key_file
 
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -97,9 +97,12 @@ class GatewayConfig(_Strict):
     max_prompts: int = Field(default=16, ge=1)  # prompts in one /v1/completions list
     request_timeout_s: float = Field(default=120.0, gt=0)
     api_keys_sha256: list[str] = Field(default_factory=list)  # each opens every route
-    # Digests with scopes (app/gateway/keys.py), e.g. a Secret or volume that `sparsegate
+    # Digests with scopes (app/tenants/keys.py), e.g. a Secret or volume that `sparsegate
     # keys init` filled; read once at start-up.
     api_keys_file: Path | None = None
+    # Also accept the tenant keys in the registry's database (`sparsegate keys create`),
+    # read again every 2 s by each gateway process (app/gateway/tenant_keys.py).
+    tenant_keys: bool = False
     # A gateway without keys must say so: a missing or misspelt key list is not "open".
     open: bool = False
     _scopes: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -123,12 +126,12 @@ class GatewayConfig(_Strict):
                 f"{self.max_tokens_cap}"
             )
         self._scopes = self._file_scopes() | dict.fromkeys(self.api_keys_sha256, "api")
-        if not self._scopes and not self.open:
+        if not self._scopes and not self.tenant_keys and not self.open:
             raise ValueError(
                 "no API keys: list their SHA-256 digests in api_keys_sha256 or api_keys_file "
                 "(sparsegate keys init makes them), or set open: true to serve without keys"
             )
-        if (self.api_keys_sha256 or self.api_keys_file) and self.open:
+        if (self.api_keys_sha256 or self.api_keys_file or self.tenant_keys) and self.open:
             raise ValueError("open: true and API keys contradict each other")
         return self
 

@@ -22,6 +22,7 @@ from app.registry.files import INCOMPLETE_MARKER
 from app.registry.names import validate_name
 from app.registry.records import Variant
 from app.registry.store import EXPANDED, STAGING, Draft, Registry, Tx
+from app.registry.tenant_tables import TENANT_TABLES
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS variants (
@@ -38,8 +39,9 @@ CREATE TABLE IF NOT EXISTS variants (
     stage         TEXT NOT NULL CHECK (stage IN ('candidate', 'production', 'retired')),
     created_at    TEXT NOT NULL,
     updated_at    TEXT NOT NULL
-)
+);
 """
+_SCHEMA += TENANT_TABLES
 
 
 @contextmanager
@@ -83,7 +85,7 @@ class EmbeddedRegistry(Registry):
         with _setup_lock(self.home):
             if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute(_SCHEMA)
+            self._db.executescript(_SCHEMA)
 
     def describe(self) -> str:
         return f"{self.home}/ (SQLite)"

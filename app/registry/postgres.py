@@ -5,6 +5,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from app.errors import SparsegateError
+from app.registry.tenant_tables import TENANT_TABLES
 
 # Every write transaction takes this advisory lock first: writers run one at a time, as
 # with SQLite's BEGIN IMMEDIATE, so a check made inside one holds until its commit.
@@ -37,6 +38,8 @@ CREATE TABLE IF NOT EXISTS drafts (
     expires_at    TIMESTAMPTZ NOT NULL
 );
 """
+SCHEMA += TENANT_TABLES
+TABLES = ("variants", "drafts", "api_keys", "key_audit")
 
 
 def where(url: str) -> str:
@@ -86,18 +89,19 @@ class Database:
             raise SparsegateError(
                 f"cannot open the registry database at {self.where}: {_scrub(str(e), url)}"
             ) from None
-        tables = self.read(
-            "SELECT to_regclass('variants') IS NOT NULL AND to_regclass('drafts') IS NOT NULL AS ok"
-        )[0]["ok"]
-        if tables:
+        found = self.read(
+            "SELECT " + ", ".join(f"to_regclass('{t}') IS NOT NULL AS {t}" for t in TABLES)
+        )[0]
+        if all(found.values()):
             return  # (a reader's role may not create tables, so none is asked to)
-        if not create:
+        if not found["variants"] and not create:
             raise SparsegateError(
                 f"no registry in the database at {self.where}: import a model first "
                 "(sparsegate models import gemma-3-270m)"
             )
-        with self.write() as tx:
-            tx.execute(SCHEMA)
+        if create:  # (an older registry opened to read gets the new tables from a writer)
+            with self.write() as tx:
+                tx.execute(SCHEMA)
 
     def read(self, sql: str, params: tuple | list = ()) -> list[Any]:
         import psycopg

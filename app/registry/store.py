@@ -143,6 +143,15 @@ class Registry(ABC):
     def _write(self) -> AbstractContextManager[Tx]:
         """A write transaction, serialized against every other writer of the registry."""
 
+    def query(self, sql: str, params: tuple | list = ()) -> list[Any]:
+        """Rows of a query on the registry's database (`?` placeholders), for the tables
+        that live beside the variants (app/tenants/)."""
+        return self._read(sql, params)
+
+    def transaction(self) -> AbstractContextManager[Tx]:
+        """A serialized write transaction on the registry's database."""
+        return self._write()
+
     @abstractmethod
     def _publish(self, draft: Draft, variant: Variant) -> Variant:
         """Make the draft's files and the record appear together, or neither."""

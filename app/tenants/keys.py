@@ -41,7 +41,7 @@ def parse_key_file(text: str) -> dict[str, str]:
 
 def render_key_file(entries: list[tuple[str, str, str]]) -> str:
     """entries: (digest, scope, who holds it)."""
-    lines = ["# sparsegate API keys: SHA-256 digests, never the keys (app/gateway/keys.py)"]
+    lines = ["# sparsegate API keys: SHA-256 digests, never the keys (app/tenants/keys.py)"]
     lines += [f"{d} {scope}  # {who}" for d, scope, who in entries]
     return "\n".join(lines) + "\n"
 
