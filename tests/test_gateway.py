@@ -300,6 +300,14 @@ def test_keys_from_keys_init_open_only_their_routes(tiny_engines, start_gateway,
     assert refused == (401, 401) and metrics(scraper) == metrics(user) == 200
     assert httpx.get(f"{url}/health").status_code == 200
     assert httpx.get(f"{url}/openapi.json").status_code == 200
+    # The bench sends the key, for its requests and for the gateway's /metrics (CPU).
+    out = tmp_path / "overhead.json"
+    bench = run_cli("bench", "overhead", "--url", url, "--variant", "tiny-a", "--engine-url",
+                    tiny_engines["tiny-a"], "--requests", "4", "--concurrency", "2", "--rounds",
+                    "1", "--out", str(out), SPARSEGATE_API_KEY=user)  # fmt: skip
+    assert bench.returncode == 0, bench.stderr
+    result = json.loads(out.read_text())
+    assert result["gateway"]["errors"] == 0 and result["gateway_cpu"]["ms_per_request"] > 0
 
 
 def test_metrics_count_requests_and_tokens_exactly(client, gateway, tiny_engines):

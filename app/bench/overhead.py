@@ -27,14 +27,21 @@ async def gateway_metric(url: str, family: str, headers: dict | None = None) -> 
     return None
 
 
-async def gateway_cpu_seconds(url: str) -> float | None:
+async def gateway_cpu_seconds(url: str, headers: dict | None = None) -> float | None:
     """The gateway process's CPU seconds (user + system)."""
-    return await gateway_metric(url, "process_cpu_seconds")
+    return await gateway_metric(url, "process_cpu_seconds", headers)
 
 
 async def measure_overhead(
-    gateway_url: str, engine_url: str, model: str, served_name: str, load: Load, rounds: int
+    gateway_url: str,
+    engine_url: str,
+    model: str,
+    served_name: str,
+    load: Load,
+    rounds: int,
+    headers: dict | None = None,
 ) -> dict:
+    """`headers`: the gateway's Authorization (the engine takes none)."""
     sides: dict[str, tuple[list[Outcome], float]] = {"direct": ([], 0.0), "gateway": ([], 0.0)}
     per_round = Load(**{**load.__dict__, "requests": max(1, load.requests // rounds)})
     cpu: float | None = 0.0
@@ -42,11 +49,12 @@ async def measure_overhead(
     for _ in range(rounds):
         for side, url, name in (("direct", engine_url, served_name),
                                 ("gateway", gateway_url, model)):  # fmt: skip
-            before = await gateway_cpu_seconds(gateway_url) if side == "gateway" else None
-            outcomes, wall = await run_load(url, name, per_round, seed=next(seeds))
+            auth = headers if side == "gateway" else None
+            before = await gateway_cpu_seconds(gateway_url, auth) if side == "gateway" else None
+            outcomes, wall = await run_load(url, name, per_round, seed=next(seeds), headers=auth)
             sides[side] = (sides[side][0] + outcomes, sides[side][1] + wall)
             if side == "gateway":
-                after = await gateway_cpu_seconds(gateway_url)
+                after = await gateway_cpu_seconds(gateway_url, auth)
                 cpu = None if cpu is None or before is None else cpu + after - before
     out: dict = {"rounds": rounds, "load": load.__dict__}
     for side, (outcomes, wall) in sides.items():

@@ -85,6 +85,7 @@ def bench_overhead(
     prompt_words: PromptOpt = 32,
     output_tokens: OutputOpt = 32,
     rounds: Annotated[int, typer.Option(min=1, help="Alternations direct/gateway")] = 4,
+    api_key: Annotated[str | None, typer.Option(envvar="SPARSEGATE_API_KEY")] = None,
     out: Annotated[Path | None, typer.Option(help="JSON results")] = None,
 ) -> None:
     """Latency the gateway adds and throughput it loses, against the engine itself."""
@@ -93,8 +94,9 @@ def bench_overhead(
 
     load = Load(concurrency, requests, None, prompt_words, output_tokens)
     with console.status("measuring (direct and through the gateway, alternating)"):
+        auth = _auth(api_key, None)
         result = asyncio.run(
-            measure_overhead(url, engine_url, variant, served_name or variant, load, rounds)
+            measure_overhead(url, engine_url, variant, served_name or variant, load, rounds, auth)
         )
     for side in ("direct", "gateway"):
         r = result[side]
