@@ -14,10 +14,15 @@ if ! "$tools/bin/uv" --version 2>/dev/null | grep -q "^uv $uv_version\b"; then
   "$tools/bin/pip" install --quiet "uv==$uv_version" 2> >(grep -v "^WARNING: Location" >&2)
 fi
 sources=()
+local_torch=0
 wheels=${SPARSEGATE_WHEELS-$(pip config get global.find-links 2>/dev/null || true)}
-for w in $wheels; do [ -d "$w" ] && sources+=(--find-links "$w"); done
+for w in $wheels; do
+  [ -d "$w" ] || continue
+  sources+=(--find-links "$w")
+  compgen -G "$w/torch-*+cpu-*.whl" >/dev/null && local_torch=1
+done
 # torch's CPU build comes from PyTorch's index unless a local wheel folder holds it.
-if ! compgen -G "${wheels%% *}/torch-*+cpu-*.whl" >/dev/null; then
+if [ "$local_torch" = 0 ]; then
   sources+=(--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 fi
 upgrade=(); [ "${UPGRADE:-0}" = 1 ] && upgrade=(--upgrade)

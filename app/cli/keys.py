@@ -3,8 +3,7 @@
 import json
 import os
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -91,12 +90,8 @@ def create(
     from app.registry import open_registry
     from app.tenants.store import KeyStore
 
-    reg = open_registry(_home(registry), create=True)
-    try:
-        allowed = _models(models, reg, config or [])
-        key = KeyStore(reg).create(name, allowed, _expiry(expires))
-    finally:
-        reg.close()
+    with closing(open_registry(_home(registry), create=True)) as reg:
+        key = KeyStore(reg).create(name, _models(models, reg, config or []), _expiry(expires))
     typer.echo(f"API key {name!r} created; the key (shown this once, stored nowhere): {key}")
 
 
@@ -106,7 +101,7 @@ def list_keys(registry: RegistryOpt = None) -> None:
     from app.tenants.store import KeyStore
 
     table = Table("name", "models", "expires", "state", "created")
-    with _registry(registry) as reg:
+    with closing(_open(registry)) as reg:
         for k in KeyStore(reg).listed():
             table.add_row(k.name, ", ".join(k.models) or "(all)", k.expires_at or "never",
                           k.state, k.created_at)  # fmt: skip
@@ -118,7 +113,7 @@ def show(name: str, registry: RegistryOpt = None) -> None:
     """One tenant key and its audit trail: who changed what, when."""
     from app.tenants.store import KeyStore
 
-    with _registry(registry) as reg:
+    with closing(_open(registry)) as reg:
         store = KeyStore(reg)
         key, trail = store.get(name), store.audit(name)
     typer.echo(json.dumps({"name": key.name, "models": list(key.models), "expires_at":
@@ -131,7 +126,7 @@ def revoke(name: str, registry: RegistryOpt = None) -> None:
     """End a tenant key: gateways refuse it within seconds."""
     from app.tenants.store import KeyStore
 
-    with _registry(registry) as reg:
+    with closing(_open(registry)) as reg:
         KeyStore(reg).revoke(name)
     typer.echo(f"API key {name!r} revoked")
 
@@ -141,18 +136,9 @@ def rotate(name: str, registry: RegistryOpt = None) -> None:
     """A new key for the tenant, printed once; the old key stops working within seconds."""
     from app.tenants.store import KeyStore
 
-    with _registry(registry) as reg:
+    with closing(_open(registry)) as reg:
         key = KeyStore(reg).rotate(name)
     typer.echo(f"API key {name!r} rotated; the new key (shown this once, stored nowhere): {key}")
-
-
-@contextmanager
-def _registry(registry: Path | None) -> Iterator[Registry]:
-    reg = _open(registry)
-    try:
-        yield reg
-    finally:
-        reg.close()
 
 
 def _models(text: str | None, reg: Registry, configs: list[Path]) -> list[str]:

@@ -82,8 +82,6 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
             )  # fmt: skip
         return exc.response()
 
-    authorize = access.check
-
     async def read_body(
         request: Request, model: type[CompletionLike]
     ) -> tuple[CompletionLike, dict]:
@@ -111,34 +109,34 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        tenant = authorize(request)
+        tenant = access.check(request)
         parsed, body = await read_body(request, CompletionRequest)
         access.check_model(tenant, parsed.model, request.headers.get(PIN_HEADER))
         return await gateway.handle("/v1/completions", parsed, body, request.headers)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        tenant = authorize(request)
+        tenant = access.check(request)
         parsed, body = await read_body(request, ChatCompletionRequest)
         access.check_model(tenant, parsed.model, request.headers.get(PIN_HEADER))
         return await gateway.handle("/v1/chat/completions", parsed, body, request.headers)
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict:
-        tenant = authorize(request)
+        tenant = access.check(request)
         listed = [m for m in gateway.models() if tenant is None or tenant.allows(m["id"])]
         return {"object": "list", "data": listed}
 
     @app.get("/v1/variants/compare")
     async def variants_compare(request: Request) -> dict:
-        authorize(request, "operator")
+        access.check(request, "operator")
         return await compared(workload_of(request.query_params))
 
     # The same figures as the compare view, so behind a key too (a scraper's key can
     # hold the `metrics` scope alone); /health, /ready, /docs and /openapi.json stay open.
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
-        authorize(request, "metrics")
+        access.check(request, "metrics")
         derived = render_derived(await compared())
         return Response(render() + derived, media_type=CONTENT_TYPE_LATEST)
 

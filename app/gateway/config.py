@@ -1,6 +1,5 @@
 """The deployment file: which variants to serve, where, and how traffic reaches them."""
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +15,7 @@ from pydantic import (
 )
 
 from app.errors import SparsegateError
-from app.tenants.keys import parse_key_file
-
-_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+from app.tenants.keys import is_digest, parse_key_file
 
 
 class _Strict(BaseModel):
@@ -111,7 +108,7 @@ class GatewayConfig(_Strict):
     @classmethod
     def _hex_digests(cls, keys: list[str]) -> list[str]:
         for i, key in enumerate(keys):
-            if not _SHA256_HEX.fullmatch(key):
+            if not is_digest(key):
                 raise ValueError(
                     f"entry {i} is not a SHA-256 digest (64 hex digits): store "
                     "sha256(key).hexdigest(), never the key itself"

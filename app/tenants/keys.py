@@ -13,6 +13,11 @@ SCOPES = ("api", "metrics")
 _HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 
+def is_digest(text: str) -> bool:
+    """A SHA-256 hex digest (64 hex digits)."""
+    return bool(_HEX.fullmatch(text))
+
+
 def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -30,7 +35,7 @@ def parse_key_file(text: str) -> dict[str, str]:
         if not fields:
             continue
         key_digest, scope = fields[0], (fields[1] if len(fields) > 1 else "api")
-        if not _HEX.fullmatch(key_digest) or len(fields) > 2 or scope not in SCOPES:
+        if not is_digest(key_digest) or len(fields) > 2 or scope not in SCOPES:
             raise ValueError(
                 f"line {number} is not a SHA-256 hex digest, optionally followed by "
                 f"{' or '.join(SCOPES)} (store sha256(key).hexdigest(), never the key itself)"

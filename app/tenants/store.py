@@ -4,19 +4,15 @@ uses): create, rotate, revoke, each with an audit row in the same transaction.""
 import getpass
 import json
 import socket
-from datetime import UTC, datetime
 
 from app.errors import SparsegateError
 from app.registry import Registry
 from app.registry.names import validate_name
+from app.registry.store import now
 from app.tenants.keys import digest, new_key
 from app.tenants.records import TenantKey
 
 COLUMNS = "name, digest, models, expires_at, revoked_at, created_at, updated_at"
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def actor() -> str:
