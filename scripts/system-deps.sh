@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the tests drive for real: Prometheus (dashboard queries), Chromium (the
 # /dashboard page), docker-compose (validates docker-compose.yml, and runs the stack), the
-# PostgreSQL server (the shared registry back end; the tests start their own instance), and
+# PostgreSQL server (the shared registry back end; the tests start their own instance), the
+# Redis server (tenant limits shared across gateway processes; started by the tests too), and
 # podman with buildah, runc and mmdebstrap (images built and run where no Docker engine is:
 # tests/test_deploy_stack.py).
 # Installs what is missing when it can (root or sudo); otherwise says what to install.
@@ -11,6 +12,7 @@ command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if ! { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }; then
   # podman's own Recommends (networking, DNS between containers, overlay) named explicitly:
   # this installs with --no-install-recommends.

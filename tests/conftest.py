@@ -239,6 +239,16 @@ def shared_servers():
     pg.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_server():
+    """Debian's redis-server, started once per session in its own process group."""
+    from tests.servers import Redis
+
+    server = Redis()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(params=["embedded", "shared"])
 def backend(request, monkeypatch):
     """Which registry back end `open_registry` gives, set through the environment as a user

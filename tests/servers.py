@@ -1,4 +1,4 @@
-"""Real servers for the shared registry's tests: Debian's PostgreSQL and SeaweedFS's S3.
+"""Real servers for the tests: Debian's PostgreSQL and Redis, and SeaweedFS's S3.
 
 Each runs in its own process group under a temporary folder and is stopped by that group.
 PostgreSQL refuses to run as root: under root the server runs as the `postgres` user.
@@ -139,6 +139,46 @@ class Postgres:
 
     def stop(self) -> None:
         _stop(self.proc, signal.SIGINT)  # "fast" shutdown
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class Redis:
+    """Debian's redis-server on a free port, with a password (as a deployment runs it)."""
+
+    password = "rp-" + uuid.uuid4().hex[:12]
+
+    def __init__(self) -> None:
+        server = shutil.which("redis-server")
+        if server is None:
+            raise RuntimeError(
+                "the Redis server is not installed (apt-get install redis-server; "
+                "`make system-deps` does it)"
+            )
+        self.root = Path(tempfile.mkdtemp(prefix="sparsegate-redis-"))
+        self.port = _port_pair()
+        self.log = self.root / "log"
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(
+                [server, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.root,
+                 "--save", "", "--appendonly", "no", "--requirepass", self.password],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        _wait(self.proc, self._ready, "redis-server", self.log)
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def _ready(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis.from_url(self.url, socket_timeout=2).ping())
+        except redis.exceptions.RedisError:
+            return False
+
+    def stop(self) -> None:
+        _stop(self.proc, signal.SIGTERM)
         shutil.rmtree(self.root, ignore_errors=True)
 
 

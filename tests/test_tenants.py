@@ -47,6 +47,12 @@ def test_key_lifecycle_is_audited_and_never_shows_the_key(backend, tmp_path):
         (["keys", "create", "d", "--expires", "soon"], "a date"),
         (["keys", "create", "bad name!"], "name"),
         (["keys", "revoke", "nobody"], "no API key named 'nobody'"),
+        (["keys", "create", "e", "--rpm", "-5"], "--rpm -5: a limit is a count of at least 1"),
+        (["keys", "create", "f", "--budget", "-1"], "--budget -1.0: dollars, 0 or more"),
+        (["keys", "create", "g", "--budget", "5", "--budget-period", "month"], "30d"),
+        (["keys", "limit", "acme"], "give a limit to set"),
+        (["keys", "limit", "acme", "--remove", "speed"], "--remove 'speed'"),
+        (["keys", "usage", "acme", "--by", "hour"], "--by 'hour'"),
     ],
 )
 def test_bad_key_commands_are_one_line(tmp_path, args, says):

@@ -86,9 +86,17 @@ def bench_overhead(
     output_tokens: OutputOpt = 32,
     rounds: Annotated[int, typer.Option(min=1, help="Alternations direct/gateway")] = 4,
     api_key: Annotated[str | None, typer.Option(envvar="SPARSEGATE_API_KEY")] = None,
+    limited_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SPARSEGATE_LIMITED_KEY",
+            help="A tenant key with limits: also run its rounds, limits on vs off",
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="JSON results")] = None,
 ) -> None:
-    """Latency the gateway adds and throughput it loses, against the engine itself."""
+    """Latency the gateway adds and throughput it loses, against the engine itself (and
+    what a tenant key's limits cost, with --limited-key)."""
     from app.bench.load import Load
     from app.bench.overhead import measure_overhead
 
@@ -96,9 +104,18 @@ def bench_overhead(
     with console.status("measuring (direct and through the gateway, alternating)"):
         auth = _auth(api_key, None)
         result = asyncio.run(
-            measure_overhead(url, engine_url, variant, served_name or variant, load, rounds, auth)
+            measure_overhead(
+                url,
+                engine_url,
+                variant,
+                served_name or variant,
+                load,
+                rounds,
+                auth,
+                _auth(limited_key, None) or None,
+            )
         )
-    for side in ("direct", "gateway"):
+    for side in ("direct", "gateway", "limits")[: 3 if limited_key else 2]:
         r = result[side]
         console.print(
             f"{side:8s} TTFT p50 {r['ttft_ms']['p50']:.2f} ms p99 {r['ttft_ms']['p99']:.2f} ms  "
@@ -119,6 +136,14 @@ def bench_overhead(
             f"{cpu['us_per_token']:.0f} µs per streamed token "
             f"({cpu['share_of_wall']:.1%} of one core during its rounds)"
         )
+    limits = result.get("limits_cpu")
+    if limited_key:
+        console.print(
+            f"limits on (tenant key) vs off (static key): throughput lost "
+            f"{result['limits_throughput_lost']:.2%}"
+            + (f"; gateway CPU {limits['ms_per_request']:.2f} ms per request with limits, "
+               f"{cpu['ms_per_request']:.2f} ms without" if limits and cpu else "")
+        )  # fmt: skip
     if out:
         out.write_text(json.dumps(result, indent=2))
 

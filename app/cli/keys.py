@@ -27,6 +27,15 @@ ModelsOpt = Annotated[
 ConfigOpt = Annotated[
     list[Path] | None, typer.Option(help="Deployment file(s) whose aliases and variants count")
 ]
+RpmOpt = Annotated[int | None, typer.Option(help="Requests in any 60 s (all gateways)")]
+TpmOpt = Annotated[
+    int | None, typer.Option(help="Tokens in any 60 s: prompt + max_tokens on arrival, settled")
+]
+InflightOpt = Annotated[int | None, typer.Option(help="Requests at once (all gateways)")]
+BudgetOpt = Annotated[float | None, typer.Option(help="Dollars per period (equal-work cost model)")]
+PeriodOpt = Annotated[
+    str | None, typer.Option(help="The budget's period: 30d, 12h, 90m (none: the key's life)")
+]
 
 
 @keys_app.command("file-line")
@@ -82,29 +91,93 @@ def create(
     name: Annotated[str, typer.Argument(help="The tenant's name (never the key)")],
     models: ModelsOpt = None,
     expires: Annotated[str | None, typer.Option(help="Date or ISO time (UTC) it ends")] = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    max_inflight: InflightOpt = None,
+    budget: BudgetOpt = None,
+    budget_period: PeriodOpt = None,
     config: ConfigOpt = None,
     registry: RegistryOpt = None,
 ) -> None:
     """A tenant key in the registry's database: printed once, only its digest stored; every
     gateway with `tenant_keys: true` on this registry accepts it within seconds."""
     from app.registry import open_registry
+    from app.tenants.records import Limits
     from app.tenants.store import KeyStore
 
+    limits = Limits(**_limits(rpm, tpm, max_inflight, budget, budget_period))
+    expiry = _expiry(expires)
     with closing(open_registry(_home(registry), create=True)) as reg:
-        key = KeyStore(reg).create(name, _models(models, reg, config or []), _expiry(expires))
+        key = KeyStore(reg).create(name, _models(models, reg, config or []), expiry, limits)
     typer.echo(f"API key {name!r} created; the key (shown this once, stored nowhere): {key}")
+
+
+@keys_app.command("limit")
+def limit(
+    name: str,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    max_inflight: InflightOpt = None,
+    budget: BudgetOpt = None,
+    budget_period: PeriodOpt = None,
+    remove: Annotated[
+        list[str] | None, typer.Option(help="A limit to remove: rpm, tpm, max-inflight, budget")
+    ] = None,
+    registry: RegistryOpt = None,
+) -> None:
+    """Change a key's limits or budget (audited); every gateway applies them within seconds."""
+    from app.tenants.store import KeyStore
+
+    changes = {k: v for k, v in _limits(rpm, tpm, max_inflight, budget, budget_period).items()
+               if v is not None} | _removed(remove or [])  # fmt: skip
+    if not changes:
+        raise SparsegateError("give a limit to set (--rpm, --tpm, ...) or --remove one")
+    with closing(_open(registry)) as reg:
+        after = KeyStore(reg).set_limits(name, changes)
+    typer.echo(f"API key {name!r} limits: {_describe(after)}")
+
+
+@keys_app.command("usage")
+def usage(
+    name: Annotated[str | None, typer.Argument(help="One key (default: every key)")] = None,
+    since: Annotated[str | None, typer.Option(help="From this date or ISO time (UTC)")] = None,
+    by: Annotated[str, typer.Option(help="key, variant or day")] = "key",
+    as_json: Annotated[bool, typer.Option("--json", help="JSON rows")] = False,
+    registry: RegistryOpt = None,
+) -> None:
+    """What each key used, as the gateways saved it: requests, errors, tokens, output bytes
+    and dollars (equal-work cost model; `unpriced`: requests served before a step fit)."""
+    from app.tenants.usage import COUNTS, summed
+
+    if by not in ("key", "variant", "day"):
+        raise SparsegateError(f"--by {by!r}: one of key, variant, day")
+    with closing(_open(registry)) as reg:
+        if name is not None:
+            from app.tenants.store import KeyStore
+
+            KeyStore(reg).get(name)  # one line if there is no such key
+        rows = summed(reg, name, _time(since, "--since") if since else None, by)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("name", *([by] if by != "key" else []), *COUNTS)
+    for r in rows:
+        cells = [r["name"], *([str(r[by])] if by != "key" else [])]
+        cells += [f"{r[c]:.6f}" if c == "dollars" else str(r[c]) for c in COUNTS]
+        table.add_row(*cells)
+    console.print(table)
 
 
 @keys_app.command("list")
 def list_keys(registry: RegistryOpt = None) -> None:
-    """Every tenant key: its models, expiry and state (never the key)."""
+    """Every tenant key: its models, limits, expiry and state (never the key)."""
     from app.tenants.store import KeyStore
 
-    table = Table("name", "models", "expires", "state", "created")
+    table = Table("name", "models", "limits", "expires", "state", "created")
     with closing(_open(registry)) as reg:
         for k in KeyStore(reg).listed():
-            table.add_row(k.name, ", ".join(k.models) or "(all)", k.expires_at or "never",
-                          k.state, k.created_at)  # fmt: skip
+            table.add_row(k.name, ", ".join(k.models) or "(all)", _describe(k.limits),
+                          k.expires_at or "never", k.state, k.created_at)  # fmt: skip
     console.print(table)
 
 
@@ -118,7 +191,7 @@ def show(name: str, registry: RegistryOpt = None) -> None:
         key, trail = store.get(name), store.audit(name)
     typer.echo(json.dumps({"name": key.name, "models": list(key.models), "expires_at":
                            key.expires_at, "state": key.state, "created_at": key.created_at,
-                           "audit": trail}, indent=2))  # fmt: skip
+                           "limits": key.limits.as_dict(), "audit": trail}, indent=2))  # fmt: skip
 
 
 @keys_app.command("revoke")
@@ -157,14 +230,62 @@ def _models(text: str | None, reg: Registry, configs: list[Path]) -> list[str]:
     return names
 
 
-def _expiry(text: str | None) -> str | None:
-    if text is None:
-        return None
+def _limits(rpm, tpm, max_inflight, budget, period) -> dict:
+    """The limits given, checked: counts of at least 1, a budget of at least 0."""
+    for option, value in (("--rpm", rpm), ("--tpm", tpm), ("--max-inflight", max_inflight)):
+        if value is not None and value < 1:
+            raise SparsegateError(f"{option} {value}: a limit is a count of at least 1")
+    if budget is not None and not budget >= 0:
+        raise SparsegateError(f"--budget {budget}: dollars, 0 or more")
+    if period is not None and budget is None:
+        raise SparsegateError("--budget-period needs --budget DOLLARS")
+    return {"rpm": rpm, "tpm": tpm, "max_inflight": max_inflight, "budget_dollars": budget,
+            "budget_period_s": _period(period) if period else None}  # fmt: skip
+
+
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def _period(text: str) -> int:
+    number, unit = text[:-1], text[-1:]
+    if unit not in _UNITS or not number.isdigit() or int(number) < 1:
+        raise SparsegateError(f"--budget-period {text!r}: a whole number and d, h, m or s (30d)")
+    return int(number) * _UNITS[unit]
+
+
+def _removed(names: list[str]) -> dict:
+    fields = {"rpm": ["rpm"], "tpm": ["tpm"], "max-inflight": ["max_inflight"],
+              "budget": ["budget_dollars", "budget_period_s"]}  # fmt: skip
+    out = {}
+    for name in names:
+        if name not in fields:
+            raise SparsegateError(f"--remove {name!r}: one of {', '.join(fields)}")
+        out |= dict.fromkeys(fields[name])
+    return out
+
+
+def _describe(limits) -> str:
+    parts = [f"{k} {getattr(limits, k)}" for k in ("rpm", "tpm", "max_inflight")
+             if getattr(limits, k) is not None]  # fmt: skip
+    if limits.budget_dollars is not None:
+        period = limits.budget_period_s
+        parts.append(f"${limits.budget_dollars:g}" + (f" per {period} s" if period else ""))
+    return ", ".join(parts) or "none"
+
+
+def _time(text: str, option: str) -> str:
     try:
         at = datetime.fromisoformat(text)
     except ValueError:
-        raise SparsegateError(f"--expires {text!r}: a date (2027-01-31) or ISO time") from None
+        raise SparsegateError(f"{option} {text!r}: a date (2027-01-31) or ISO time") from None
     at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    return at.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _expiry(text: str | None) -> str | None:
+    if text is None:
+        return None
+    at = datetime.fromisoformat(_time(text, "--expires"))
     if at <= datetime.now(UTC):
         raise SparsegateError(f"--expires {text!r} is in the past")
     return at.astimezone(UTC).isoformat(timespec="seconds")

@@ -31,7 +31,7 @@ def serve(
 
     from app.engines.supervisor import Supervisor
     from app.engines.vllm_process import EngineSettings
-    from app.gateway.config import load_deployment, resolve_production
+    from app.gateway.config import load_deployment, redis_url, resolve_production
     from app.gateway.logs import log_config
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -51,6 +51,12 @@ def serve(
         _open(registry).close()
     if deployment.gateway.tenant_keys and home is None:
         raise SparsegateError(f"{config}: tenant_keys: true reads the registry: give --registry")
+    if deployment.gateway.tenant_keys and workers > 1 and not redis_url(deployment):
+        logging.getLogger("sparsegate.gateway").warning(
+            "tenant limits count in each of the %d workers apart (no gateway.limits.redis_url "
+            "or SPARSEGATE_REDIS_URL): a key's rpm, tpm and max_inflight hold per worker",
+            workers,
+        )
     resolve_production(deployment, home)  # fail here, in one line, not in every worker
     # The workers build the app from these (uvicorn imports it in each process).
     os.environ["SPARSEGATE_DEPLOYMENT"] = str(config.resolve())

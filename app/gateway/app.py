@@ -20,8 +20,10 @@ from app.gateway.config import Deployment, load_deployment, quality_plans, resol
 from app.gateway.engine_books import EngineBooks
 from app.gateway.errors import GatewayError, error_response
 from app.gateway.openapi import MAX_NESTING, openapi_schema
+from app.gateway.pricing import Pricer
 from app.gateway.protocol import ChatCompletionRequest, CompletionLike, CompletionRequest
 from app.gateway.serving import PIN_HEADER, Gateway
+from app.gateway.tenancy import Tenancy
 from app.gateway.tenant_keys import TenantKeys
 from app.metrics.compare import compare
 from app.metrics.derived import render_derived
@@ -49,6 +51,8 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
     publish_facts(facts)
     tenants = TenantKeys(registry_home) if deployment.gateway.tenant_keys else None
     access = Access(deployment.gateway.key_scopes, tenants)
+    pricer = Pricer(books, prices)
+    tenancy = Tenancy(deployment, tenants, pricer) if tenants else None
     if access.open:
         log.warning("no API keys configured: the gateway is open to anyone who can reach it")
 
@@ -60,15 +64,17 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         await books.read()  # each engine's books as this gateway starts: the baseline
-        refreshing = None
+        tasks = []
         if tenants:
             await tenants.refresh()  # keys work from the first request
-            refreshing = asyncio.create_task(tenants.run())
+            tasks = [asyncio.create_task(tenants.run()), asyncio.create_task(pricer.run())]
         yield
-        if refreshing:
-            refreshing.cancel()
-            tenants.close()
-        await gateway.close()
+        for task in tasks:
+            task.cancel()
+        await gateway.close()  # (its last requests settled and booked)
+        if tenancy:
+            await tenancy.close()
+            await tenants.close()  # the last usage rows saved
 
     app = FastAPI(title="sparsegate", lifespan=lifespan)
     app.state.gateway = gateway
@@ -107,19 +113,33 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
             param = ".".join(str(p) for p in err["loc"]) or None
             raise GatewayError(400, f"{param}: {err['msg']}", param=param) from e
 
+    async def generate(route: str, request: Request, model: type[CompletionLike]) -> Response:
+        tenant = access.check(request)
+        parsed, body = await read_body(request, model)
+        if tenant is None or tenancy is None:
+            return await gateway.handle(route, parsed, body, request.headers)
+        try:
+            access.check_model(tenant, parsed.model, request.headers.get(PIN_HEADER))
+        except GatewayError:
+            tenants.book.refused(tenant.name, "forbidden")
+            raise
+        ticket = await tenancy.admit(tenant, parsed)
+        try:
+            return await gateway.handle(route, parsed, body, request.headers, ticket.done)
+        except GatewayError as e:  # refused before any engine answered (busy, none ready)
+            ticket.done(e.variant, _OUTCOMES.get(e.status, acc.INVALID), None, 0)
+            raise
+        except BaseException:
+            ticket.done("", acc.ABORTED, None, 0)
+            raise
+
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        tenant = access.check(request)
-        parsed, body = await read_body(request, CompletionRequest)
-        access.check_model(tenant, parsed.model, request.headers.get(PIN_HEADER))
-        return await gateway.handle("/v1/completions", parsed, body, request.headers)
+        return await generate("/v1/completions", request, CompletionRequest)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        tenant = access.check(request)
-        parsed, body = await read_body(request, ChatCompletionRequest)
-        access.check_model(tenant, parsed.model, request.headers.get(PIN_HEADER))
-        return await gateway.handle("/v1/chat/completions", parsed, body, request.headers)
+        return await generate("/v1/chat/completions", request, ChatCompletionRequest)
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict:

@@ -1,7 +1,9 @@
 """The deployment file: which variants to serve, where, and how traffic reaches them."""
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import (
@@ -81,6 +83,18 @@ class AliasConfig(_Strict):
         return self
 
 
+class LimitsConfig(_Strict):
+    """Where tenant limits count (app/gateway/limit_store.py)."""
+
+    # Redis shared by every gateway process and replica; else SPARSEGATE_REDIS_URL (a
+    # password stays out of the file); neither: this process alone (one worker).
+    redis_url: str | None = None
+    # Redis unreachable: "open" lets tenant requests through uncounted (serving goes on,
+    # limits do not hold meanwhile); "closed" refuses them (503) until it answers.
+    on_store_error: Literal["open", "closed"] = "open"
+    store_timeout_s: float = Field(default=0.25, gt=0)
+
+
 class GatewayConfig(_Strict):
     max_body_bytes: int = Field(default=1 << 20, ge=1)
     max_tokens_cap: int = Field(default=4096, ge=1)
@@ -100,6 +114,7 @@ class GatewayConfig(_Strict):
     # Also accept the tenant keys in the registry's database (`sparsegate keys create`),
     # read again every 2 s by each gateway process (app/gateway/tenant_keys.py).
     tenant_keys: bool = False
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     # A gateway without keys must say so: a missing or misspelt key list is not "open".
     open: bool = False
     _scopes: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -229,6 +244,11 @@ def resolve_production(deployment: Deployment, registry_home: Path | None) -> De
         return deployment.model_copy(update={"aliases": aliases})
     finally:
         registry.close()
+
+
+def redis_url(deployment: Deployment) -> str | None:
+    """Where tenant limits are shared, if anywhere: the file's, else the environment's."""
+    return deployment.gateway.limits.redis_url or os.environ.get("SPARSEGATE_REDIS_URL") or None
 
 
 def load_deployment(path: Path) -> Deployment:

@@ -66,14 +66,18 @@ class Gateway:
         ]  # fmt: skip
         return entries
 
-    async def handle(self, route: str, request: CompletionLike, body: dict, headers) -> Response:
+    async def handle(
+        self, route: str, request: CompletionLike, body: dict, headers, on_done=None
+    ) -> Response:
+        """`on_done(variant, outcome, usage, output_bytes)`: called once when the request
+        ends, if it reached an engine (a tenant's books)."""
         alias = request.model if request.model in self.deployment.aliases else ""
         candidates: list[str] = []
         try:
             body = self._bounded(request, body)
             user = request.user or headers.get(USER_HEADER)
             candidates = self.router.candidates(request.model, user, headers.get(PIN_HEADER))
-            return await self._forward(route, request, body, alias, candidates)
+            return await self._forward(route, request, body, alias, candidates, on_done)
         except GatewayError as e:
             e.alias = alias
             # A refusal belongs to the variant first chosen (429/503 after every candidate),
@@ -103,7 +107,7 @@ class Gateway:
             return {**body, "max_tokens": g.default_max_tokens}
         return body
 
-    async def _forward(self, route, request, body, alias, candidates) -> Response:
+    async def _forward(self, route, request, body, alias, candidates, on_done) -> Response:
         busy = False
         for attempt, name in enumerate(candidates):
             engine = self.engines[name]
@@ -137,7 +141,7 @@ class Gateway:
             meta = {"x-sparsegate-variant": name, "x-sparsegate-fallbacks": str(attempt)}
             if alias:
                 meta["x-sparsegate-alias"] = alias
-            done = _Done(self, engine, alias, route, timings, body, request.prompt_text())
+            done = _Done(self, engine, alias, route, timings, body, request.prompt_text(), on_done)
             if request.stream:
                 return self._stream(response, request, done, meta)
             timings.end = time.perf_counter()
@@ -225,9 +229,9 @@ class _ClosingStream(StreamingResponse):
 class _Done:
     """Closes a request's books once: engine slot, metrics, shadow copy, quality sample."""
 
-    def __init__(self, gateway, engine, alias, route, timings, body, prompt) -> None:
+    def __init__(self, gateway, engine, alias, route, timings, body, prompt, on_done) -> None:
         self.gateway, self.engine, self.alias, self.route = gateway, engine, alias, route
-        self.timings, self.body, self.prompt = timings, body, prompt
+        self.timings, self.body, self.prompt, self.on_done = timings, body, prompt, on_done
         self.closed = False
 
     def needs_text(self) -> bool:
@@ -247,6 +251,8 @@ class _Done:
             variant=self.engine.name, alias=self.alias, route=self.route, outcome=outcome,
             status=status, timings=self.timings, usage=usage, prompt=self.prompt,
         )  # fmt: skip
+        if self.on_done is not None:
+            self.on_done(self.engine.name, outcome, usage, self.timings.output_bytes)
         if outcome != acc.OK or not self.alias or text is None:
             return
         target = self.gateway.router.shadow_for(self.alias)

@@ -173,3 +173,39 @@ VARIANT_BPB_RATIO = Gauge(
     [*_FACT_LABELS, "text"],
     multiprocess_mode="max",
 )
+
+# Per tenant key (app/gateway/tenancy.py): labelled by the key's name, never the key. One
+# series per key name and outcome; past KEY_LABELS_MAX names a process counts the rest
+# under "_other", so a mass of keys cannot grow the series without bound.
+KEY_LABELS_MAX = 1000
+KEY_REQUESTS = Counter(
+    "sparsegate_key_requests",
+    "Requests of each tenant key, by outcome: ok, invalid, engine_error, timeout, aborted, "
+    "unavailable, forbidden (model outside its list), limited (rpm, tpm, max_inflight), "
+    "over_budget",
+    ["key", "outcome"],
+)
+KEY_TOKENS = Counter(
+    "sparsegate_key_tokens", "Tokens served to each tenant key, by kind (prompt, completion)",
+    ["key", "kind"],
+)  # fmt: skip
+KEY_OUTPUT_BYTES = Counter(
+    "sparsegate_key_output_bytes", "Bytes of generated text served to each tenant key", ["key"]
+)
+KEY_DOLLARS = Counter(
+    "sparsegate_key_cost_dollars",
+    "Dollars of each tenant key's requests on the equal-work cost model: each request's "
+    "tokens priced by its variant's step fit at the engine's mean concurrency x its price",
+    ["key"],
+)
+KEY_UNPRICED = Counter(
+    "sparsegate_key_unpriced_requests",
+    "Tenant requests served before their variant's engine had a step fit (no dollars)",
+    ["key"],
+)
+LIMIT_STORE_ERRORS = Counter(
+    "sparsegate_limit_store_errors",
+    "Calls to the shared limit store (Redis) that failed; each request then passed or "
+    "was refused as gateway.limits.on_store_error says",
+    ["on_error"],
+)

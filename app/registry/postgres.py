@@ -5,7 +5,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from app.errors import SparsegateError
-from app.registry.tenant_tables import TENANT_TABLES
+from app.registry.tenant_tables import TENANT_TABLES, WRITTEN_BY_READERS
 
 # Every write transaction takes this advisory lock first: writers run one at a time, as
 # with SQLite's BEGIN IMMEDIATE, so a check made inside one holds until its commit.
@@ -39,7 +39,14 @@ CREATE TABLE IF NOT EXISTS drafts (
 );
 """
 SCHEMA += TENANT_TABLES
-TABLES = ("variants", "drafts", "api_keys", "key_audit")
+TABLES = ("variants", "drafts", "api_keys", "key_audit", "key_limits", "key_usage")
+# Every role that may read the registry (the gateways' role, deploy/k8s/registry/
+# initdb-reader.sh) may add usage rows: the gateways write them.
+_READERS = """
+SELECT DISTINCT grantee FROM information_schema.role_table_grants
+WHERE table_name = 'variants' AND privilege_type = 'SELECT'
+  AND grantee NOT IN (current_user, 'PUBLIC')
+"""
 
 
 def where(url: str) -> str:
@@ -102,6 +109,9 @@ class Database:
         if create:  # (an older registry opened to read gets the new tables from a writer)
             with self.write() as tx:
                 tx.execute(SCHEMA)
+                for row in tx.execute(_READERS):
+                    role = '"' + row["grantee"].replace('"', '""') + '"'
+                    tx.execute(f"GRANT INSERT ON {WRITTEN_BY_READERS} TO {role}")
 
     def read(self, sql: str, params: tuple | list = ()) -> list[Any]:
         import psycopg

@@ -19,4 +19,31 @@ CREATE TABLE IF NOT EXISTS key_audit (
     name          TEXT NOT NULL,
     detail        TEXT NOT NULL DEFAULT '{}'
 );
+-- A key's limits (NULL: none), apart from api_keys so that a registry made before limits
+-- existed gets them by CREATE TABLE alone.
+CREATE TABLE IF NOT EXISTS key_limits (
+    name            TEXT PRIMARY KEY,
+    rpm             BIGINT,
+    tpm             BIGINT,
+    max_inflight    BIGINT,
+    budget_dollars  DOUBLE PRECISION,
+    budget_period_s BIGINT
+);
+-- What each gateway process served to each key, added every few seconds: the rows sum to
+-- the key's usage (`sparsegate keys usage`, billing, budgets).
+CREATE TABLE IF NOT EXISTS key_usage (
+    at                TEXT NOT NULL,
+    name              TEXT NOT NULL,
+    variant           TEXT NOT NULL,
+    requests          BIGINT NOT NULL,
+    errors            BIGINT NOT NULL,
+    prompt_tokens     BIGINT NOT NULL,
+    completion_tokens BIGINT NOT NULL,
+    output_bytes      BIGINT NOT NULL,
+    dollars           DOUBLE PRECISION NOT NULL,
+    unpriced          BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS key_usage_by_name ON key_usage (name, at);
 """
+# The one table the registry's readers (gateways) write: their usage rows.
+WRITTEN_BY_READERS = "key_usage"

@@ -1,7 +1,9 @@
-"""Writes deploy/grafana/dashboards/sparsegate.json (run it after editing the panels).
+"""Writes deploy/grafana/dashboards/sparsegate.json and sparsegate-tenants.json (run it
+after editing the panels).
 
-Every panel groups by variant, so dense and pruned variants sit side by side; `$dense`
-(a dashboard variable) names the dense base for the ratio panels.
+Every panel of the first groups by variant, so dense and pruned variants sit side by side;
+`$dense` (a dashboard variable) names the dense base for the ratio panels. The second has
+a row per tenant key (`$key`, repeated): its traffic, refusals, tokens and dollars.
 """
 
 import json
@@ -141,6 +143,54 @@ def panel(i: int, title: str, unit: str, targets: list[tuple[str, str]]) -> dict
     }  # fmt: skip
 
 
+KEY = 'key=~"$key"'
+# (title, unit, [(expr, legend)]), in each tenant's row
+TENANT_PANELS = [
+    ("Requests per second by outcome (limited, over_budget: refused)", "reqps",
+     [(rate("sparsegate_key_requests_total", "key, outcome", KEY), "{{outcome}}")]),
+    ("Tokens per second (prompt, completion)", "short",
+     [(rate("sparsegate_key_tokens_total", "key, kind", KEY), "{{kind}}")]),
+    ("Dollars per hour (equal-work cost model)", "currencyUSD",
+     [(rate("sparsegate_key_cost_dollars_total", "key", KEY) + " * 3600", "{{key}}")]),
+    ("Share of requests refused by a limit or the budget", "percentunit",
+     [(rate("sparsegate_key_requests_total", "key",
+            KEY + ', outcome=~"limited|over_budget"') + " / "
+       + rate("sparsegate_key_requests_total", "key", KEY), "{{key}}")]),
+]  # fmt: skip
+
+
+def _datasource() -> dict:
+    return {"type": "prometheus", "uid": "prometheus"}
+
+
+def tenants_dashboard() -> dict:
+    """One row per tenant key, repeated by Grafana over the `key` variable."""
+    panels: list[dict] = [{
+        "id": 1, "type": "row", "title": "tenant $key", "repeat": "key", "collapsed": False,
+        "gridPos": {"h": 1, "w": 24, "x": 0, "y": 0}, "panels": [],
+    }]  # fmt: skip
+    for i, spec in enumerate(TENANT_PANELS):
+        p = panel(i + 1, *spec)
+        p["gridPos"] = {"h": 8, "w": 6, "x": 6 * i, "y": 1}
+        panels.append(p)
+    query = "label_values(sparsegate_key_requests_total, key)"
+    keys = {
+        "name": "key", "label": "tenant key", "type": "query", "datasource": _datasource(),
+        "query": query, "definition": query, "refresh": 2, "multi": True, "includeAll": True,
+        "current": {"text": "All", "value": "$__all"},
+    }  # fmt: skip
+    return {
+        "uid": "sparsegate-tenants",
+        "title": "sparsegate: tenants",
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "10s",
+        "time": {"from": "now-6h", "to": "now"},
+        "templating": {"list": [keys]},
+        "panels": panels,
+    }
+
+
 def dashboard() -> dict:
     return {
         "uid": "sparsegate",
@@ -166,7 +216,10 @@ def dashboard() -> dict:
     }
 
 
+DASHBOARDS = {"sparsegate.json": dashboard, "sparsegate-tenants.json": tenants_dashboard}
+
 if __name__ == "__main__":
-    out = Path(__file__).parent / "dashboards" / "sparsegate.json"
-    out.write_text(json.dumps(dashboard(), indent=2) + "\n")
-    print(f"wrote {out} ({len(PANELS)} panels)")
+    for name, build in DASHBOARDS.items():
+        out = Path(__file__).parent / "dashboards" / name
+        out.write_text(json.dumps(build(), indent=2) + "\n")
+        print(f"wrote {out} ({len(build()['panels'])} panels)")
