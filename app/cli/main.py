@@ -11,6 +11,7 @@ from app.cli.compress import compress
 from app.cli.demo import demo
 from app.cli.keys import keys_app
 from app.cli.models import models_app
+from app.cli.rollout import rollout_app
 from app.cli.serve import engine, serve
 from app.errors import SparsegateError
 
@@ -25,6 +26,7 @@ app.add_typer(models_app, name="models")
 app.command()(compress)
 app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")
+app.add_typer(rollout_app, name="rollout")
 app.command()(serve)
 app.command()(engine)
 app.command()(demo)

@@ -202,13 +202,19 @@ class QualityPlan:
     fraction: float
 
 
+def resolve_reference(cfg: AliasConfig) -> str:
+    """The variant an alias's others are judged against: its `reference`, else the split's
+    heaviest (a resolved `production_of` alias: the production variant)."""
+    return cfg.reference or max(cfg.split, key=lambda v: cfg.split[v])
+
+
 def quality_plans(deployment: Deployment) -> dict[str, QualityPlan]:
     """Per alias that samples quality: its reference and the variants judged against it."""
     plans = {}
     for alias, cfg in deployment.aliases.items():
         if not cfg.quality_sample or not cfg.split:
             continue
-        reference = cfg.reference or max(cfg.split, key=lambda v: cfg.split[v])
+        reference = resolve_reference(cfg)
         others = [*cfg.split, *([cfg.shadow.variant] if cfg.shadow else [])]
         candidates = tuple(dict.fromkeys(v for v in others if v != reference))
         if candidates:

@@ -21,6 +21,7 @@ from app.errors import SparsegateError
 from app.registry.files import INCOMPLETE_MARKER
 from app.registry.names import validate_name
 from app.registry.records import Variant
+from app.registry.rollout_tables import ROLLOUT_TABLES
 from app.registry.store import EXPANDED, STAGING, Draft, Registry, Tx
 from app.registry.tenant_tables import TENANT_TABLES
 
@@ -41,7 +42,7 @@ CREATE TABLE IF NOT EXISTS variants (
     updated_at    TEXT NOT NULL
 );
 """
-_SCHEMA += TENANT_TABLES
+_SCHEMA += TENANT_TABLES + ROLLOUT_TABLES
 
 
 @contextmanager

@@ -5,6 +5,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from app.errors import SparsegateError
+from app.registry.rollout_tables import ROLLOUT_TABLES
 from app.registry.tenant_tables import TENANT_TABLES, WRITTEN_BY_READERS
 
 # Every write transaction takes this advisory lock first: writers run one at a time, as
@@ -38,8 +39,17 @@ CREATE TABLE IF NOT EXISTS drafts (
     expires_at    TIMESTAMPTZ NOT NULL
 );
 """
-SCHEMA += TENANT_TABLES
-TABLES = ("variants", "drafts", "api_keys", "key_audit", "key_limits", "key_usage")
+SCHEMA += TENANT_TABLES + ROLLOUT_TABLES
+TABLES = (
+    "variants",
+    "drafts",
+    "api_keys",
+    "key_audit",
+    "key_limits",
+    "key_usage",
+    "rollouts",
+    "rollout_events",
+)
 # Every role that may read the registry (the gateways' role, deploy/k8s/registry/
 # initdb-reader.sh) may add usage rows: the gateways write them.
 _READERS = """

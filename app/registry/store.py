@@ -6,6 +6,7 @@ sparse-at-rest expansion into the local folder `home`, and the rules of a draft.
 SQL here is written once with `?` placeholders; each back end's `_Tx` runs it.
 """
 
+import getpass
 import json
 import os
 import shutil
@@ -36,6 +37,20 @@ COLUMNS = (
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def now_precise() -> str:
+    """To the microsecond: events of one second keep their order when sorted by time."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def actor() -> str:
+    """Who made a change, for an audit: the operating-system user at this host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
+        user = "uid-unknown"
+    return f"{user}@{socket.gethostname()}"
 
 
 def pid_alive(pid: int) -> bool:

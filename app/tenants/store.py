@@ -1,14 +1,12 @@
 """Tenant keys in the registry's database (SQLite or PostgreSQL, whichever the registry
 uses): create, rotate, revoke, each with an audit row in the same transaction."""
 
-import getpass
 import json
-import socket
 
 from app.errors import SparsegateError
 from app.registry import Registry
 from app.registry.names import validate_name
-from app.registry.store import now
+from app.registry.store import actor, now
 from app.tenants.keys import digest, new_key
 from app.tenants.records import LIMITS, Limits, TenantKey
 
@@ -17,15 +15,6 @@ _SELECT = (
     f"SELECT {', '.join('k.' + c for c in COLUMNS.split(', '))}, "
     f"{', '.join('l.' + c for c in LIMITS)} FROM api_keys k LEFT JOIN key_limits l USING (name)"
 )
-
-
-def actor() -> str:
-    """Who made a change, for the audit: the operating-system user at this host."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
-        user = "uid-unknown"
-    return f"{user}@{socket.gethostname()}"
 
 
 class KeyStore:

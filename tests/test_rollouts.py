@@ -1,0 +1,147 @@
+"""Progressive rollouts: the decision rule on synthetic samples (seeded), and the rollout's
+life in the registry's database through the CLI, with every bad input in one line."""
+
+import json
+import random
+
+import pytest
+import yaml
+
+from app.registry import open_registry
+from app.rollouts.decide import HOLD, PROMOTE, ROLLBACK, Evidence, decide
+from app.rollouts.spec import Gates, RolloutSpec
+from tests.conftest import run_cli
+
+RUNS = 20
+MAX_SAMPLES = 3000
+
+
+def _texts(rng: random.Random, ratio: float):
+    """(candidate bits, reference bits) of sampled texts: texts of 200-2000 bytes, each as
+    hard as it is (reference bits per byte 1.0 +- 0.2), the candidate's bits that text's x
+    `ratio` with 4% noise of its own."""
+    while True:
+        n_bytes = rng.uniform(200, 2000)
+        reference = n_bytes * max(0.3, rng.gauss(1.0, 0.2))
+        yield reference * ratio * rng.lognormvariate(0, 0.04), reference
+
+
+def _run(ratio: float, seed: int) -> tuple[str, int]:
+    """Samples fed one by one until the shadow step decides: (action, samples used)."""
+    spec = RolloutSpec(gates=Gates(max_bpb_ratio=1.02, min_samples=50))
+    rng, evidence = random.Random(seed), Evidence(cost_saving=0.3)
+    texts = _texts(rng, ratio)
+    for n in range(1, MAX_SAMPLES + 1):
+        evidence.quality.append(next(texts))
+        # One text scored in 20 of the reference's answers; no errors on either side.
+        evidence.candidate_requests = evidence.reference_requests = (20 * n, 0)
+        if n % 5 and n > 20:  # decided every 5 samples past the first 20: the test's speed
+            continue
+        decision = decide(spec, 0, evidence)
+        if decision.action != HOLD:
+            return decision.action, n
+    return HOLD, MAX_SAMPLES
+
+
+def test_decision_rule_keeps_an_identical_candidate_and_rolls_back_a_worse_one():
+    same = [_run(1.0, seed) for seed in range(RUNS)]
+    worse = [_run(1.05, 1000 + seed) for seed in range(RUNS)]
+    for name, runs in (("identical", same), ("5% worse", worse)):
+        used = sorted(n for _, n in runs)
+        print(f"{name}: {[a for a, _ in runs].count(ROLLBACK)} of {RUNS} rolled back; samples "
+              f"to decide: median {used[RUNS // 2]}, max {used[-1]}")  # fmt: skip
+    assert sum(action == ROLLBACK for action, _ in same) <= 1
+    assert sum(action == ROLLBACK for action, _ in worse) >= 19
+    assert all(action != HOLD for action, _ in same + worse)  # each run decided
+
+
+def test_errors_roll_back_and_cost_holds_but_never_rolls_back():
+    spec = RolloutSpec(steps=[0, 50, 100], gates=Gates(min_samples=20, min_cost_saving=0.2))
+    good = [(100.0 * (1 + 0.01 * (i % 3)), 100.0) for i in range(200)]
+    failing = Evidence(good, candidate_requests=(2000, 200), reference_requests=(2000, 0))
+    decision = decide(spec, 0, failing)
+    assert decision.action == ROLLBACK and "error rate" in decision.reason
+    dear = Evidence(good, (5000, 0), (5000, 0), cost_saving=0.05)
+    assert decide(spec, 0, dear).action == HOLD  # 5% cheaper, under the 20% asked
+    assert decide(spec, 1, Evidence(good, (5000, 0), (5000, 0), 0.3)).action == PROMOTE
+    assert decide(spec, 0, Evidence(good[:10], (5000, 0), (5000, 0), 0.3)).action == HOLD
+
+
+@pytest.fixture
+def served(backend, tmp_path):
+    """A registry with a dense base, a candidate of it and a variant of another base, and a
+    deployment serving them behind the alias `chat`."""
+    home = tmp_path / "reg"
+    reg = open_registry(home, create=True)
+    for name, fields in {
+        "dense": {}, "cheap": {"base": "dense", "parent": "dense"}, "other": {},
+    }.items():  # fmt: skip
+        with reg.draft(name) as draft:
+            (draft.path / "w.bin").write_bytes(name.encode())
+            draft.publish(param_count=10, quality={"bpb_ratio_max": 1.01}, **fields)
+    reg.close()
+    dead = "http://127.0.0.1:9"  # nothing is served: the commands only read the file
+    config = tmp_path / "deploy.yaml"
+    config.write_text(yaml.safe_dump({
+        "gateway": {"open": True},
+        "variants": {v: {"url": dead} for v in ("dense", "cheap", "other")},
+        "aliases": {"chat": {"split": {"dense": 1.0}}},
+    }))  # fmt: skip
+    return home, config
+
+
+def test_rollout_commands_keep_one_live_rollout_and_record_every_change(served):
+    home, config = served
+
+    def cli(*args: str):
+        proc = run_cli("rollout", *args, registry=home)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    assert "started at step 1 of 5: 0% of users" in cli("start", "chat", "cheap", "--config",
+                                                        str(config))  # fmt: skip
+    second = run_cli("rollout", "start", "chat", "cheap", "--config", str(config), registry=home)
+    assert second.returncode == 2 and "has a rollout running" in second.stderr
+    assert "paused" in cli("pause", "chat")
+    assert "running" in cli("resume", "chat")
+    assert "cheap' promoted on 'chat'" in cli("promote", "chat")
+    (rollout,) = json.loads(cli("status", "chat", "--json"))
+    assert (rollout["state"], rollout["weight"]) == ("promoted", 100)
+    assert [e["kind"] for e in rollout["events"]] == [
+        "started", "paused", "resumed", "promoted"]  # fmt: skip
+    assert all("@" in e["actor"] for e in rollout["events"])
+    reg = open_registry(home)
+    assert {v.name: v.stage.value for v in reg.variants()}["cheap"] == "production"
+    reg.close()
+    cli("start", "chat", "cheap", "--config", str(config))  # a new one, once the last ended
+    assert "candidate at 0%" in cli("abort", "chat", "--reason", "changed my mind")
+    states = [r["state"] for r in json.loads(cli("status", "--json"))]
+    assert states == ["promoted", "aborted"]
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["start", "nope", "cheap"], "unknown alias 'nope'"),
+        (["start", "chat", "ghost"], "unknown candidate 'ghost'"),
+        (["start", "chat", "other"], "not of the alias's base 'dense'"),
+        (["start", "chat", "dense"], "the alias's reference"),
+        (["start", "chat", "cheap", "--steps", "0,50,25,100"], "each step above the one before"),
+        (["start", "chat", "cheap", "--steps", "0,50,150"], "from 0 to 100"),
+        (["start", "chat", "cheap", "--steps", "0,50"], "the last step is 100"),
+        (["start", "chat", "cheap", "--steps", "0,x"], "whole percentages"),
+        (["start", "chat", "cheap", "--max-bpb-ratio", "0.9"], "max_bpb_ratio"),
+        (["start", "chat", "cheap", "--min-cost-saving", "1.5"], "min_cost_saving"),
+        (["start", "chat", "cheap", "--confidence", "1"], "confidence"),
+        (["start", "chat", "cheap", "--min-samples", "3"], "min_samples"),
+        (["pause", "chat"], "no rollout running on alias 'chat'"),
+    ],
+)
+def test_bad_rollout_commands_are_one_line_and_change_nothing(served, args, says):
+    home, config = served
+    if args[0] == "start":
+        args = [*args, "--config", str(config)]
+    proc = run_cli("rollout", *args, registry=home)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert json.loads(run_cli("rollout", "status", "--json", registry=home).stdout) == []
