@@ -119,6 +119,28 @@ def tiny_registry(tmp_path_factory, tiny_model_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def damaged_model(tiny_registry, tmp_path_factory) -> Path:
+    """The tiny model with seeded noise twice as large as each weight matrix's own spread
+    added to it (embeddings and head too): a candidate whose quality is plainly lost."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from app.registry.embedded import EmbeddedRegistry
+
+    source = EmbeddedRegistry(tiny_registry).path_of("tiny")
+    out = tmp_path_factory.mktemp("damaged") / "tiny-damaged"
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    noise = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.add_(torch.randn(param.shape, generator=noise) * 2 * param.std())
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(source).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_engines(tmp_path_factory, tiny_registry):
     """Three small engines for the whole session (gateway, metrics, dashboards):
     tiny-a and tiny-b serve the tiny model; tiny-p, its pruned variant, is started by

@@ -182,6 +182,53 @@ class Redis:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+class Prometheus:
+    """Debian's Prometheus scraping `jobs` (scrape_configs entries) every second."""
+
+    def __init__(self, jobs: list[dict]) -> None:
+        import yaml
+
+        server = shutil.which("prometheus")
+        if server is None:
+            raise RuntimeError("prometheus is missing: scripts/system-deps.sh installs it")
+        self.root = Path(tempfile.mkdtemp(prefix="sparsegate-prom-"))
+        config = {"global": {"scrape_interval": "1s"}, "scrape_configs": jobs}
+        (self.root / "prometheus.yml").write_text(yaml.safe_dump(config))
+        port = _port_pair()
+        self.api = f"http://127.0.0.1:{port}"
+        self.log = self.root / "log"
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(
+                [server, f"--config.file={self.root / 'prometheus.yml'}",
+                 f"--storage.tsdb.path={self.root / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{port}"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        _wait(self.proc, self._ready, "prometheus", self.log)
+
+    def _ready(self) -> bool:
+        import httpx
+
+        try:
+            return httpx.get(f"{self.api}/-/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def values(self, query: str) -> list[float]:
+        """The query's values now (NaN left out)."""
+        import math
+
+        import httpx
+
+        r = httpx.get(f"{self.api}/api/v1/query", params={"query": query}, timeout=30).json()
+        found = [float(s["value"][1]) for s in r.get("data", {}).get("result", [])]
+        return [v for v in found if not math.isnan(v)]
+
+    def stop(self) -> None:
+        _stop(self.proc, signal.SIGTERM)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 class SeaweedS3:
     access_key, secret_key = "sparsegate", "sk-" + uuid.uuid4().hex[:16]
     # as deploy/compose/s3-identities.json gives the gateway and the engines

@@ -403,8 +403,9 @@ def test_kubernetes_uses_the_shared_registry_and_no_shared_volume():
         containers = pod.get("initContainers", []) + pod.get("containers", [])
         for c in containers:
             if c["image"].startswith("sparsegate-") and c["name"] != "keys":
-                # only the job that publishes gets the credentials that write
-                writes = doc["metadata"]["name"] == "sparsegate-compress"
+                # only the job that publishes and the rollout controller (state, promotion)
+                # get the credentials that write
+                writes = doc["metadata"]["name"] in ("sparsegate-compress", "rollout-controller")
                 secret = "sparsegate-registry" if writes else "sparsegate-registry-read"
                 assert [{"secretRef": {"name": secret}}] == c.get("envFrom"), c["name"]
         engines = [c for c in pod.get("containers", []) if c["name"] == "engine"]

@@ -285,25 +285,8 @@ def _prices_a_workload_given_in_the_query(gateway: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def damaged(engines, tiny_registry, tmp_path_factory) -> str:
-    """The tiny model with seeded noise twice as large as each weight matrix's own spread
-    added to it (embeddings and head too), on its engine."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from app.registry.embedded import EmbeddedRegistry
-
-    source = EmbeddedRegistry(tiny_registry).path_of("tiny")
-    out = tmp_path_factory.mktemp("damaged") / "tiny-damaged"
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    noise = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.add_(torch.randn(param.shape, generator=noise) * 2 * param.std())
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(source).save_pretrained(out)
-    return engines({"tiny-damaged": out})["tiny-damaged"]
+def damaged(engines, damaged_model) -> str:
+    return engines({"tiny-damaged": damaged_model})["tiny-damaged"]
 
 
 def _refusing_upstream() -> socket.socket:

@@ -98,8 +98,9 @@ def test_rollout_commands_keep_one_live_rollout_and_record_every_change(served):
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 
-    assert "started at step 1 of 5: 0% of users" in cli("start", "chat", "cheap", "--config",
-                                                        str(config))  # fmt: skip
+    assert "started at step 1 of 5: 0% of users" in cli(
+        "start", "chat", "cheap", "--config", str(config), "--pause-at", "25",
+        "--quality-sample", "0.4", "--shadow-fraction", "0.3")  # fmt: skip
     second = run_cli("rollout", "start", "chat", "cheap", "--config", str(config), registry=home)
     assert second.returncode == 2 and "has a rollout running" in second.stderr
     assert "paused" in cli("pause", "chat")
@@ -107,6 +108,8 @@ def test_rollout_commands_keep_one_live_rollout_and_record_every_change(served):
     assert "cheap' promoted on 'chat'" in cli("promote", "chat")
     (rollout,) = json.loads(cli("status", "chat", "--json"))
     assert (rollout["state"], rollout["weight"]) == ("promoted", 100)
+    spec = rollout["spec"]  # as given
+    assert (spec["pause_at"], spec["quality_sample"], spec["shadow_fraction"]) == ([25], 0.4, 0.3)
     assert [e["kind"] for e in rollout["events"]] == [
         "started", "paused", "resumed", "promoted"]  # fmt: skip
     assert all("@" in e["actor"] for e in rollout["events"])
@@ -114,9 +117,15 @@ def test_rollout_commands_keep_one_live_rollout_and_record_every_change(served):
     assert {v.name: v.stage.value for v in reg.variants()}["cheap"] == "production"
     reg.close()
     cli("start", "chat", "cheap", "--config", str(config))  # a new one, once the last ended
+    # One round of the controller: no evidence yet, so no decision; the rollout runs on.
+    assert run_cli("rollout", "controller", "--once", registry=home).returncode == 0
+    assert _state(cli) == ["promoted", "running"]
     assert "candidate at 0%" in cli("abort", "chat", "--reason", "changed my mind")
-    states = [r["state"] for r in json.loads(cli("status", "--json"))]
-    assert states == ["promoted", "aborted"]
+    assert _state(cli) == ["promoted", "aborted"]
+
+
+def _state(cli) -> list[str]:
+    return [r["state"] for r in json.loads(cli("status", "--json"))]
 
 
 @pytest.mark.parametrize(
@@ -134,6 +143,7 @@ def test_rollout_commands_keep_one_live_rollout_and_record_every_change(served):
         (["start", "chat", "cheap", "--min-cost-saving", "1.5"], "min_cost_saving"),
         (["start", "chat", "cheap", "--confidence", "1"], "confidence"),
         (["start", "chat", "cheap", "--min-samples", "3"], "min_samples"),
+        (["start", "chat", "cheap", "--pause-at", "100"], "pause_at [100]"),
         (["pause", "chat"], "no rollout running on alias 'chat'"),
     ],
 )
@@ -145,3 +155,41 @@ def test_bad_rollout_commands_are_one_line_and_change_nothing(served, args, says
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert json.loads(run_cli("rollout", "status", "--json", registry=home).stdout) == []
+
+
+def test_each_state_routes_the_alias_as_the_readme_says():
+    from app.gateway.config import AliasConfig
+    from app.gateway.rollout_sync import routed
+    from app.rollouts.store import Rollout
+
+    base = AliasConfig(split={"ref": 1.0, "spare": 0.0})
+    spec = RolloutSpec(steps=[0, 25, 100], quality_sample=0.3, shadow_fraction=0.5)
+
+    def at(state: str, step: int) -> AliasConfig:
+        r = Rollout("r1", "chat", "cand", "cand", "ref", spec, state, step, "", None, "", "")
+        return routed(base, r)
+
+    shadow = at("running", 0)
+    assert shadow.split == {"ref": 1.0} and shadow.shadow.variant == "cand"
+    assert (shadow.shadow.fraction, shadow.quality_sample, shadow.reference) == (0.5, 0.3, "ref")
+    assert at("paused", 1).split == {"ref": 75.0, "cand": 25.0}
+    assert at("running", 1).shadow is None
+    promoted = at("promoted", 2)
+    assert promoted.split == {"cand": 1.0, "ref": 0.0, "spare": 0.0}
+    assert promoted.quality_sample == 0.0
+    for ended in ("rolled_back", "aborted"):
+        assert at(ended, 1) == base
+    assert routed(base, None) is base
+
+
+def test_one_controller_holds_the_lease_until_it_lapses(backend, tmp_path):
+    from app.rollouts import lease
+
+    reg = open_registry(tmp_path / "reg", create=True)
+    assert lease.hold(reg, "ctl", "a", 60)
+    assert not lease.hold(reg, "ctl", "b", 60)
+    assert lease.hold(reg, "ctl", "a", 60)  # renewed by its holder
+    lease.release(reg, "ctl", "a")
+    assert lease.hold(reg, "ctl", "b", 0.0)  # free again; b's lapses at once
+    assert lease.hold(reg, "ctl", "a", 60)
+    reg.close()

@@ -4,22 +4,17 @@ deployment gives them), enforced in OpenAI's error format."""
 
 import asyncio
 import json
-import math
-import os
-import signal
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import yaml
 
 from app.gateway.limit_store import Ask, LocalStore, RedisStore
 from app.registry import open_registry
 from app.tenants.keys import digest
 from app.tenants.usage import Usage, add_rows, spent, summed
-from tests.conftest import ROOT, free_port, metric, run_cli, wait_for
-from tests.servers import Redis
+from tests.conftest import ROOT, metric, run_cli, wait_for
+from tests.servers import Prometheus, Redis
 
 PRICE = 36.0  # dollars an hour on tiny-a: $0.01 an engine-second
 OPERATOR = "sk-operator-" + "o" * 20  # a static key: the operator's figures (/metrics)
@@ -161,40 +156,23 @@ def _gateway(start_gateway, tiny_engines, redis, on_store_error: str, home) -> s
 def _tenant_rows_have_data(url: str, keys: dict[str, str], tmp_path) -> None:
     """Every query of the tenants' Grafana rows answers from a real Prometheus scraping the
     gateway with a scraper's key, under tenant traffic (served, and refused by the budget)."""
-    from tests.test_observability import _tool, _wait_ready
-
     (tmp_path / "scrape-key").write_text(OPERATOR)
-    port = free_port()
     job = {"job_name": "gateway", "static_configs": [{"targets": [url.removeprefix("http://")]}],
            "authorization": {"credentials_file": str(tmp_path / "scrape-key")}}  # fmt: skip
-    config = {"global": {"scrape_interval": "1s"}, "scrape_configs": [job]}
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    prom = subprocess.Popen(
-        [_tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
-         f"--storage.tsdb.path={tmp_path / 'prom'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
     board = json.loads((ROOT / "deploy/grafana/dashboards/sparsegate-tenants.json").read_text())
     queries = [t["expr"].replace("$__rate_interval", "30s").replace("$key", ".*")
                for p in board["panels"] for t in p.get("targets", [])]  # fmt: skip
-    api = f"http://127.0.0.1:{port}"
 
     def answered() -> bool:
         _post(url, keys["meter"])  # served and priced
         _post(url, keys["budget"])  # refused: over its budget
-        for query in queries:
-            r = httpx.get(f"{api}/api/v1/query", params={"query": query}, timeout=30).json()
-            values = [float(s["value"][1]) for s in r.get("data", {}).get("result", [])]
-            if not any(not math.isnan(v) and v > 0 for v in values):
-                return False
-        return True
+        return all(any(v > 0 for v in prom.values(q)) for q in queries)
 
+    prom = Prometheus([job])
     try:
-        _wait_ready(api)
         wait_for(answered, timeout=180, what="data in every tenant panel")
     finally:
-        os.killpg(prom.pid, signal.SIGTERM)
-        prom.wait(30)
+        prom.stop()
 
 
 def _bench_limits_on_and_off(url: str, engine: str, roomy: str, tmp_path) -> None:

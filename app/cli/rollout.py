@@ -39,6 +39,15 @@ def start(
     min_cost_saving: Annotated[float, typer.Option(help="Equal-work, to advance (0.1: 10%)")] = 0.0,
     confidence: Annotated[float, typer.Option(help="Of every verdict, over the rollout")] = 0.99,
     min_samples: Annotated[int, typer.Option(help="Quality samples per step, at least")] = 50,
+    quality_sample: Annotated[
+        float, typer.Option(help="Share of the reference's answers scored under the candidate")
+    ] = 0.2,
+    shadow_fraction: Annotated[
+        float, typer.Option(help="Share of requests copied to it at step 0")
+    ] = 1.0,
+    pause_at: Annotated[
+        str | None, typer.Option(help="Steps to pause at on arrival, until resumed (25,50)")
+    ] = None,
     registry: RegistryOpt = None,
 ) -> None:
     """Start a rollout: checked against the deployment and the registry, then stored."""
@@ -58,6 +67,9 @@ def start(
                 confidence=confidence,
                 min_samples=min_samples,
             ),
+            quality_sample=quality_sample,
+            shadow_fraction=shadow_fraction,
+            pause_at=parse_steps(pause_at) if pause_at else [],
         )
     except ValidationError as e:
         raise SparsegateError(describe(e)) from None
@@ -189,3 +201,66 @@ def reference_for(deployment: Deployment, registry: Registry, alias: str, candid
         raise SparsegateError(f"{candidate!r} is a variant of {bases[candidate]!r}, not of the "
                               f"alias's base {bases[reference]!r}")  # fmt: skip
     return entries[candidate], reference
+
+
+@rollout_app.command("controller")
+def controller(
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between decisions")] = 2.0,
+    lease_s: Annotated[float, typer.Option(min=1, help="Seconds the lease lasts")] = 10.0,
+    gateway_url: Annotated[
+        str | None, typer.Option(help="A gateway whose compare view gives the cost saving")
+    ] = None,
+    api_key_file: Annotated[Path | None, typer.Option(help="Its operator key, in a file")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve the gates' /metrics here")] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address of that /metrics")] = "127.0.0.1",
+    once: Annotated[bool, typer.Option(help="One round, then exit (a CronJob)")] = False,
+    registry: RegistryOpt = None,
+) -> None:
+    """Decide running rollouts on the gateways' evidence, holding a lease in the registry so
+    that of several controllers one decides. Stops on SIGTERM or Ctrl-C."""
+    import logging
+    import time
+
+    from app.config import Settings
+    from app.rollouts.controller import Controller
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr=metrics_host)
+    cost = _compare_cost(gateway_url, api_key_file) if gateway_url else None
+    with closing(_open(registry)) as reg:
+        ctl = Controller(reg, lease_s, Settings().quality_gate, cost)
+        console.print(f"rollout controller {ctl.holder} on {reg.describe()}")
+        try:
+            while True:
+                ctl.tick()
+                if once:
+                    break
+                time.sleep(interval)
+        finally:
+            ctl.close()
+
+
+def _compare_cost(url: str, key_file: Path | None):
+    """The equal-work cost saving of a rollout's candidate over its reference, from a
+    gateway's compare view (None where either figure is missing)."""
+    import httpx
+
+    headers = {}
+    if key_file is not None:
+        headers["Authorization"] = f"Bearer {key_file.read_text().strip()}"
+
+    def saving(rollout) -> float | None:
+        try:
+            rows = httpx.get(f"{url.rstrip('/')}/v1/variants/compare", headers=headers,
+                             timeout=10).raise_for_status().json()  # fmt: skip
+        except (httpx.HTTPError, ValueError):
+            return None
+        key = "equal_work_dollars_per_million_bytes"
+        cost = {r["variant"]: r.get(key) for r in rows["data"]}
+        cand, ref = cost.get(rollout.candidate), cost.get(rollout.reference)
+        return 1 - cand / ref if cand and ref else None
+
+    return saving

@@ -66,7 +66,13 @@ class VllmProcess:
         self._http = httpx.Client(timeout=2)
 
     def start(self) -> None:
+        # -O0 leaves the model eager, yet vLLM still torch.compiles two sampler helpers
+        # (logprob ranks, random sampling) at their first calls of each batch shape: on a
+        # busy CPU host those inductor builds stalled a fresh engine for minutes, its
+        # requests timing out. With nothing compiled, they run eagerly from the start.
+        eager = {} if self.settings.compile else {"TORCHDYNAMO_DISABLE": "1"}
         env = {
+            **eager,
             **engine_environment(os.environ, self.settings.served_name),
             "VLLM_CPU_KVCACHE_SPACE": str(self.settings.kv_cache_gib), **self.settings.env,
         }  # fmt: skip

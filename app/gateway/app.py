@@ -22,6 +22,7 @@ from app.gateway.errors import GatewayError, error_response
 from app.gateway.openapi import MAX_NESTING, openapi_schema
 from app.gateway.pricing import Pricer
 from app.gateway.protocol import ChatCompletionRequest, CompletionLike, CompletionRequest
+from app.gateway.rollout_sync import RolloutSync
 from app.gateway.serving import PIN_HEADER, Gateway
 from app.gateway.tenancy import Tenancy
 from app.gateway.tenant_keys import TenantKeys
@@ -44,7 +45,6 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
     gateway = Gateway(deployment)
     books = EngineBooks(gateway.engines)
     prices = {n: v.price_per_hour for n, v in deployment.variants.items()}
-    references = {alias: plan.reference for alias, plan in quality_plans(deployment).items()}
     facts = load_facts(
         registry_home, {n: v.registry_name or n for n, v in deployment.variants.items()}
     )
@@ -53,11 +53,15 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
     access = Access(deployment.gateway.key_scopes, tenants)
     pricer = Pricer(books, prices)
     tenancy = Tenancy(deployment, tenants, pricer) if tenants else None
+    # Rollouts live in the registry: a gateway with one follows them (and reports evidence).
+    rollouts = RolloutSync(registry_home, gateway) if registry_home else None
     if access.open:
         log.warning("no API keys configured: the gateway is open to anyone who can reach it")
 
     async def compared(workload: Mix | None = None) -> dict:
         read = await books.read()
+        # As the aliases are routed now (a rollout may have moved them).
+        references = {a: p.reference for a, p in quality_plans(gateway.deployment).items()}
         return compare(list(deployment.variants), read_samples(), facts, read, prices, workload,
                        references)  # fmt: skip
 
@@ -68,6 +72,9 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
         if tenants:
             await tenants.refresh()  # keys work from the first request
             tasks = [asyncio.create_task(tenants.run()), asyncio.create_task(pricer.run())]
+        if rollouts:
+            await rollouts.refresh()  # routed as the rollouts say from the first request
+            tasks.append(asyncio.create_task(rollouts.run()))
         yield
         for task in tasks:
             task.cancel()
@@ -75,6 +82,8 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
         if tenancy:
             await tenancy.close()
             await tenants.close()  # the last usage rows saved
+        if rollouts:
+            await rollouts.close()  # the last evidence saved
 
     app = FastAPI(title="sparsegate", lifespan=lifespan)
     app.state.gateway = gateway

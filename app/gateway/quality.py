@@ -32,11 +32,16 @@ SCORED, FAILED, SKIPPED = "scored", "failed", "skipped"
 
 class QualitySampler:
     def __init__(self, deployment: Deployment, engines: dict[str, Engine], rng=None) -> None:
-        self.plans = quality_plans(deployment)
         self.engines = engines
         self.rng = rng or random.Random()
         self._tasks: set[asyncio.Task] = set()
         self._slots: asyncio.Semaphore | None = None  # made in the event loop, on first use
+        self.evidence = None  # a live rollout's evidence: each sample's bits
+        self.retarget(deployment)
+
+    def retarget(self, deployment: Deployment) -> None:
+        """Plans from the aliases as they are routed now (a rollout may move them)."""
+        self.plans = quality_plans(deployment)
         for alias, plan in self.plans.items():
             for candidate in plan.candidates:
                 for outcome in (SCORED, FAILED, SKIPPED):
@@ -76,7 +81,9 @@ class QualitySampler:
             await self._score_now(alias, text)
 
     async def _score_now(self, alias: str, text: str) -> None:
-        plan = self.plans[alias]
+        plan = self.plans.get(alias)
+        if plan is None:  # the alias stopped sampling (a rollout ended) while this waited
+            return
         reference = self.engines[plan.reference]
         ready = [c for c in plan.candidates if not _saturated(self.engines[c])]
         for c in set(plan.candidates) - set(ready):
@@ -96,6 +103,8 @@ class QualitySampler:
                 continue
             m.QUALITY_SAMPLES.labels(alias, candidate, SCORED).inc()
             (x, x_tokens), (y, y_tokens) = cand, ref
+            if self.evidence is not None:
+                self.evidence.quality(alias, candidate, x, y)
             for term, value in (("x", x), ("y", y), ("xx", x * x), ("yy", y * y),
                                 ("xy", x * y), ("n", 1), ("bytes", n_bytes),
                                 ("x_tokens", x_tokens), ("y_tokens", y_tokens)):  # fmt: skip

@@ -31,6 +31,9 @@ from app.metrics import definitions as m
 log = logging.getLogger("sparsegate.gateway")
 
 PIN_HEADER = "x-sparsegate-variant"
+# Outcomes a rollout's error gate counts: the client's own mistakes (4xx) and departures
+# say nothing of the variant.
+_COUNTED = (acc.OK, acc.ENGINE_ERROR, acc.TIMEOUT)
 USER_HEADER = "x-sparsegate-user"
 
 
@@ -46,6 +49,24 @@ class Gateway:
             for name, cfg in deployment.variants.items()
         }
         self.quality = QualitySampler(deployment, self.engines)
+        self._evidence = None  # a live rollout's evidence (app/gateway/rollout_sync.py)
+
+    @property
+    def evidence(self):
+        return self._evidence
+
+    @evidence.setter
+    def evidence(self, book) -> None:
+        self._evidence = self.shadow.evidence = self.quality.evidence = book
+
+    def retarget(self, aliases: dict) -> None:
+        """Route the aliases anew (a rollout moved): requests already routed finish where
+        they are."""
+        if aliases == self.deployment.aliases:
+            return
+        self.deployment = self.deployment.model_copy(update={"aliases": aliases})
+        self.router.deployment = self.deployment
+        self.quality.retarget(self.deployment)
 
     async def close(self) -> None:
         await asyncio.gather(self.shadow.drain(), self.quality.drain())
@@ -128,6 +149,8 @@ class Gateway:
             except EngineUnavailable as e:
                 engine.leave()
                 log.warning("%s; trying the next candidate if any", e)
+                if self._evidence is not None and alias:
+                    self._evidence.request(alias, name, failed=True)
                 continue
             except GatewayError as e:
                 engine.leave()
@@ -253,6 +276,9 @@ class _Done:
         )  # fmt: skip
         if self.on_done is not None:
             self.on_done(self.engine.name, outcome, usage, self.timings.output_bytes)
+        evidence = self.gateway.evidence
+        if evidence is not None and self.alias and outcome in _COUNTED:
+            evidence.request(self.alias, self.engine.name, failed=outcome != acc.OK)
         if outcome != acc.OK or not self.alias or text is None:
             return
         target = self.gateway.router.shadow_for(self.alias)

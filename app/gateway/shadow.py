@@ -28,6 +28,7 @@ class ShadowRunner:
     def __init__(self, pairs: list[tuple[str, str]]) -> None:
         """pairs: (alias, candidate variant) for every alias that shadows."""
         self._tasks: set[asyncio.Task] = set()
+        self.evidence = None  # a live rollout's evidence: each copy's outcome
         # Start every series at 0, so that "no exact match yet" reads 0%, not "no data".
         for labels in pairs:
             for counter in (m.SHADOW_EXACT, m.SHADOW_PREFIX_TOKENS, m.SHADOW_COMPARED_TOKENS,
@@ -58,13 +59,15 @@ class ShadowRunner:
             status, result = await engine.post_json(route, copy, "shadow", alias)
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             log.info("shadow copy to %s failed: %s", engine.name, e)
-            m.SHADOW_REQUESTS.labels(*labels, "failed").inc()
+            self._failed(labels)
             return
         finally:
             engine.leave()
         if status != 200 or not isinstance(result, dict):
-            m.SHADOW_REQUESTS.labels(*labels, "failed").inc()
+            self._failed(labels, client_error=400 <= status < 500)
             return
+        if self.evidence is not None:
+            self.evidence.request(alias, engine.name, failed=False)
         usage = result.get("usage") or {}
         m.SHADOW_TOKENS.labels(*labels).inc(
             (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0)
@@ -79,6 +82,11 @@ class ShadowRunner:
             if total is not None:
                 m.SHADOW_PREFIX_TOKENS.labels(*labels).inc(prefix)
                 m.SHADOW_COMPARED_TOKENS.labels(*labels).inc(total)
+
+    def _failed(self, labels: tuple[str, str], client_error: bool = False) -> None:
+        m.SHADOW_REQUESTS.labels(*labels, "failed").inc()
+        if self.evidence is not None and not client_error:  # a 4xx: the request's fault
+            self.evidence.request(*labels, failed=True)
 
 
 async def _token_prefix(engine: Engine, served: str, a: str, b: str) -> tuple[int, int | None]:

@@ -203,6 +203,43 @@ KEY_UNPRICED = Counter(
     "Tenant requests served before their variant's engine had a step fit (no dollars)",
     ["key"],
 )
+# Rollouts (app/gateway/rollout_sync.py), as each gateway process applies them.
+ROLLOUT_WEIGHT = Gauge(
+    "sparsegate_rollout_weight_percent",
+    "Percent of the alias's users its latest rollout's candidate serves (0 at the shadow "
+    "step and after a rollback, 100 once promoted; `rollout status` names the candidate)",
+    ["alias"],
+    multiprocess_mode="livemostrecent",
+)
+ROLLOUT_STEP = Gauge(
+    "sparsegate_rollout_step",
+    "The step the alias's latest rollout stands at (0: the first)",
+    ["alias"],
+    multiprocess_mode="livemostrecent",
+)
+# The rollout controller's gates (app/rollouts/controller.py), on its own /metrics.
+_GATE = ["alias", "candidate", "gate"]
+ROLLOUT_GATE_VALUE = Gauge(
+    "sparsegate_rollout_gate_value",
+    "Each gate's point estimate on the step's samples: bpb_ratio (candidate over reference), "
+    "error_rate_increase (candidate minus reference)", _GATE,
+)  # fmt: skip
+ROLLOUT_GATE_LOW = Gauge(
+    "sparsegate_rollout_gate_low",
+    "Lower bound of the gate's confidence sequence on its tested mean (bpb: x - bound y)",
+    _GATE,
+)
+ROLLOUT_GATE_HIGH = Gauge(
+    "sparsegate_rollout_gate_high",
+    "Upper bound of the gate's confidence sequence on its tested mean (bpb: x - bound y)",
+    _GATE,
+)
+ROLLOUT_GATE_SAMPLES = Gauge(
+    "sparsegate_rollout_gate_samples", "Samples of the step the gate rests on", _GATE
+)
+ROLLOUT_GATE_VERDICT = Gauge(
+    "sparsegate_rollout_gate_verdict", "1 passed, 0 undecided, -1 failed", _GATE
+)
 LIMIT_STORE_ERRORS = Counter(
     "sparsegate_limit_store_errors",
     "Calls to the shared limit store (Redis) that failed; each request then passed or "

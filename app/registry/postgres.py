@@ -121,7 +121,7 @@ class Database:
                 tx.execute(SCHEMA)
                 for row in tx.execute(_READERS):
                     role = '"' + row["grantee"].replace('"', '""') + '"'
-                    tx.execute(f"GRANT INSERT ON {WRITTEN_BY_READERS} TO {role}")
+                    tx.execute(f"GRANT INSERT ON {', '.join(WRITTEN_BY_READERS)} TO {role}")
 
     def read(self, sql: str, params: tuple | list = ()) -> list[Any]:
         import psycopg

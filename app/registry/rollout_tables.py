@@ -28,4 +28,25 @@ CREATE TABLE IF NOT EXISTS rollout_events (
     actor       TEXT NOT NULL,
     detail      TEXT NOT NULL DEFAULT '{}'
 );
+-- Live evidence, added by every gateway process every few seconds: one row per quality
+-- sample (x, y: the candidate's and the reference's bits on one text), and per variant the
+-- alias's requests and errors counted since the last row (kind 'requests').
+CREATE TABLE IF NOT EXISTS rollout_samples (
+    at          TEXT NOT NULL,
+    rollout_id  TEXT NOT NULL,
+    step        BIGINT NOT NULL,
+    kind        TEXT NOT NULL,
+    variant     TEXT NOT NULL,
+    x           DOUBLE PRECISION NOT NULL DEFAULT 0,
+    y           DOUBLE PRECISION NOT NULL DEFAULT 0,
+    requests    BIGINT NOT NULL DEFAULT 0,
+    errors      BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS rollout_samples_by_step ON rollout_samples (rollout_id, step);
+-- Who decides: the controller holding this lease until it expires (one of several).
+CREATE TABLE IF NOT EXISTS leases (
+    name        TEXT PRIMARY KEY,
+    holder      TEXT NOT NULL,
+    expires_at  TEXT NOT NULL
+);
 """

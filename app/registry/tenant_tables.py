@@ -45,5 +45,5 @@ CREATE TABLE IF NOT EXISTS key_usage (
 );
 CREATE INDEX IF NOT EXISTS key_usage_by_name ON key_usage (name, at);
 """
-# The one table the registry's readers (gateways) write: their usage rows.
-WRITTEN_BY_READERS = "key_usage"
+# The tables the registry's readers (gateways) add rows to: usage, and rollout evidence.
+WRITTEN_BY_READERS = ("key_usage", "rollout_samples")

@@ -50,7 +50,7 @@ def decide(spec: RolloutSpec, step: int, evidence: Evidence) -> Decision:
         return Decision(HOLD, f"{verdicts[0].samples} of {g.min_samples} quality samples",
                         verdicts)  # fmt: skip
     saving = evidence.cost_saving
-    if saving is None or saving < g.min_cost_saving:
+    if g.min_cost_saving > 0 and (saving is None or saving < g.min_cost_saving):
         shown = "unknown" if saving is None else f"{saving:.1%}"
         return Decision(HOLD, f"cost saving {shown}, under {g.min_cost_saving:.1%}", verdicts)
     action = PROMOTE if spec.steps[step + 1] == 100 else ADVANCE

@@ -3,7 +3,7 @@ each step must pass. Plain data, stored with the rollout in the registry's datab
 
 import itertools
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.rollouts.sequential import MIN_SAMPLES
 
@@ -39,6 +39,8 @@ class RolloutSpec(BaseModel):
     # only. The last step is 100: reaching it promotes the candidate.
     steps: list[int] = Field(default_factory=lambda: list(DEFAULT_STEPS))
     gates: Gates = Field(default_factory=Gates)
+    # Steps at which the rollout pauses on arriving, until resumed by hand (Argo's `pause`).
+    pause_at: list[int] = Field(default_factory=list)
     shadow_fraction: float = Field(default=1.0, gt=0.0, le=1.0)  # at step 0
     quality_sample: float = Field(default=0.2, gt=0.0, le=1.0)  # of the reference's answers
 
@@ -54,6 +56,13 @@ class RolloutSpec(BaseModel):
         if steps[-1] != 100:
             raise ValueError(f"steps {steps}: the last step is 100 (the promotion)")
         return steps
+
+    @model_validator(mode="after")
+    def _pauses_on_steps(self) -> "RolloutSpec":
+        wrong = [p for p in self.pause_at if p not in self.steps[1:-1]]
+        if wrong:
+            raise ValueError(f"pause_at {wrong}: each one of the steps between the first and 100")
+        return self
 
 
 def parse_steps(text: str) -> list[int]:

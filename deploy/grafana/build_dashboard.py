@@ -1,9 +1,10 @@
-"""Writes deploy/grafana/dashboards/sparsegate.json and sparsegate-tenants.json (run it
-after editing the panels).
+"""Writes deploy/grafana/dashboards/: sparsegate.json, sparsegate-tenants.json and
+sparsegate-rollouts.json (run it after editing the panels).
 
 Every panel of the first groups by variant, so dense and pruned variants sit side by side;
 `$dense` (a dashboard variable) names the dense base for the ratio panels. The second has
-a row per tenant key (`$key`, repeated): its traffic, refusals, tokens and dollars.
+a row per tenant key (`$key`, repeated): its traffic, refusals, tokens and dollars. The
+third shows rollouts: the candidate's share and step (gateways), its gates (controller).
 """
 
 import json
@@ -159,6 +160,38 @@ TENANT_PANELS = [
 ]  # fmt: skip
 
 
+GATE = "sparsegate_rollout_gate"
+# (title, unit, [(expr, legend)]), one row per alias with a rollout
+ROLLOUT_PANELS = [
+    ("Candidate's share of users (percent; 0 at shadow and after a rollback)", "percent",
+     [("max by (alias) (sparsegate_rollout_weight_percent)", "{{alias}}")]),
+    ("Step (0: the first)", "short",
+     [("max by (alias) (sparsegate_rollout_step)", "{{alias}}")]),
+    ("Gate estimates: bits-per-byte ratio, error-rate increase", "none",
+     [(f"max by (alias, candidate, gate) ({GATE}_value)", "{{candidate}} {{gate}}")]),
+    ("Gate confidence bounds on the tested mean (fails above 0 with bpb)", "none",
+     [(f"max by (alias, candidate, gate) ({GATE}_low)", "{{gate}} low"),
+      (f"max by (alias, candidate, gate) ({GATE}_high)", "{{gate}} high")]),
+    ("Samples of the step", "short",
+     [(f"max by (alias, candidate, gate) ({GATE}_samples)", "{{candidate}} {{gate}}")]),
+    ("Verdicts (1 passed, 0 undecided, -1 failed)", "short",
+     [(f"max by (alias, candidate, gate) ({GATE}_verdict)", "{{candidate}} {{gate}}")]),
+]  # fmt: skip
+
+
+def rollouts_dashboard() -> dict:
+    """Rollouts as the gateways route them and as the controller judges them."""
+    return {
+        "uid": "sparsegate-rollouts",
+        "title": "sparsegate: rollouts",
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "10s",
+        "time": {"from": "now-3h", "to": "now"},
+        "panels": [panel(i, *spec) for i, spec in enumerate(ROLLOUT_PANELS)],
+    }
+
+
 def _datasource() -> dict:
     return {"type": "prometheus", "uid": "prometheus"}
 
@@ -216,7 +249,11 @@ def dashboard() -> dict:
     }
 
 
-DASHBOARDS = {"sparsegate.json": dashboard, "sparsegate-tenants.json": tenants_dashboard}
+DASHBOARDS = {
+    "sparsegate.json": dashboard,
+    "sparsegate-tenants.json": tenants_dashboard,
+    "sparsegate-rollouts.json": rollouts_dashboard,
+}
 
 if __name__ == "__main__":
     for name, build in DASHBOARDS.items():

@@ -1,8 +1,9 @@
 #!/bin/sh
 # PostgreSQL's first start (/docker-entrypoint-initdb.d): the registry's read-only role,
 # for the gateway and the engines. It may read every table the owner makes, now or later
-# (the job creates them on its first import), and write one: the tenants' usage rows
-# (key_usage, granted when the registry makes that table, or here if it exists already).
+# (the job creates them on its first import), and add rows to two: the tenants' usage
+# (key_usage) and rollout evidence (rollout_samples), granted when the registry makes
+# those tables, or here if they exist already.
 #   SPARSEGATE_READER_PASSWORD  its password (required); SPARSEGATE_READER  its name
 # Run by hand against an existing database: POSTGRES_USER=owner POSTGRES_DB=db PGHOST=...
 set -eu
@@ -15,6 +16,7 @@ GRANT CONNECT ON DATABASE :"db" TO :"reader";
 GRANT USAGE ON SCHEMA public TO :"reader";
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO :"reader";
 ALTER DEFAULT PRIVILEGES FOR ROLE :"owner" IN SCHEMA public GRANT SELECT ON TABLES TO :"reader";
-SELECT format('GRANT INSERT ON key_usage TO %I', :'reader')
-  WHERE to_regclass('key_usage') IS NOT NULL \gexec
+SELECT format('GRANT INSERT ON %I TO %I', t, :'reader')
+  FROM unnest(ARRAY['key_usage', 'rollout_samples']) AS t
+  WHERE to_regclass(t) IS NOT NULL \gexec
 SQL
