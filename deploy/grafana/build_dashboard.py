@@ -179,17 +179,19 @@ ROLLOUT_PANELS = [
 ]  # fmt: skip
 
 
+def _board(uid: str, title: str, since: str, panels: list[dict], variables=None) -> dict:
+    """A dashboard's frame (refreshed every 10 s), its panels and variables."""
+    board = {"uid": uid, "title": title, "schemaVersion": 39, "version": 1, "refresh": "10s",
+             "time": {"from": since, "to": "now"}}  # fmt: skip
+    if variables is not None:
+        board["templating"] = {"list": variables}
+    return board | {"panels": panels}
+
+
 def rollouts_dashboard() -> dict:
     """Rollouts as the gateways route them and as the controller judges them."""
-    return {
-        "uid": "sparsegate-rollouts",
-        "title": "sparsegate: rollouts",
-        "schemaVersion": 39,
-        "version": 1,
-        "refresh": "10s",
-        "time": {"from": "now-3h", "to": "now"},
-        "panels": [panel(i, *spec) for i, spec in enumerate(ROLLOUT_PANELS)],
-    }
+    panels = [panel(i, *spec) for i, spec in enumerate(ROLLOUT_PANELS)]
+    return _board("sparsegate-rollouts", "sparsegate: rollouts", "now-3h", panels)
 
 
 def _datasource() -> dict:
@@ -212,41 +214,15 @@ def tenants_dashboard() -> dict:
         "query": query, "definition": query, "refresh": 2, "multi": True, "includeAll": True,
         "current": {"text": "All", "value": "$__all"},
     }  # fmt: skip
-    return {
-        "uid": "sparsegate-tenants",
-        "title": "sparsegate: tenants",
-        "schemaVersion": 39,
-        "version": 1,
-        "refresh": "10s",
-        "time": {"from": "now-6h", "to": "now"},
-        "templating": {"list": [keys]},
-        "panels": panels,
-    }
+    return _board("sparsegate-tenants", "sparsegate: tenants", "now-6h", panels, [keys])
 
 
 def dashboard() -> dict:
-    return {
-        "uid": "sparsegate",
-        "title": "sparsegate: dense vs pruned",
-        "schemaVersion": 39,
-        "version": 1,
-        "refresh": "10s",
-        "time": {"from": "now-30m", "to": "now"},
-        "templating": {
-            "list": [
-                {
-                    "name": "dense",
-                    "label": "dense base",
-                    "type": "query",
-                    "datasource": {"type": "prometheus", "uid": "prometheus"},
-                    "query": "label_values(sparsegate_variant_bits_per_byte_ratio, variant)",
-                    "definition": "label_values(sparsegate_variant_bits_per_byte_ratio, variant)",
-                    "refresh": 2,
-                }
-            ]
-        },
-        "panels": [panel(i, *p) for i, p in enumerate(PANELS)],
-    }
+    query = "label_values(sparsegate_variant_bits_per_byte_ratio, variant)"
+    dense = {"name": "dense", "label": "dense base", "type": "query", "datasource": _datasource(),
+             "query": query, "definition": query, "refresh": 2}  # fmt: skip
+    panels = [panel(i, *p) for i, p in enumerate(PANELS)]
+    return _board("sparsegate", "sparsegate: dense vs pruned", "now-30m", panels, [dense])
 
 
 DASHBOARDS = {
