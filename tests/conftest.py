@@ -63,7 +63,7 @@ class EngineStarter:
     def __call__(
         self, models: dict[str, Path], extra_args: list[str] = (), env: dict | None = None
     ) -> dict[str, str]:
-        from app.engines.vllm_process import EngineSettings, VllmProcess
+        from app.engines.vllm_process import EngineSettings, VllmProcess, shared_host_environment
 
         batch = [
             VllmProcess(
@@ -73,7 +73,8 @@ class EngineStarter:
                     port=free_port(),
                     max_model_len=1024,
                     extra_args=list(extra_args),
-                    env=env or {},
+                    # The suite runs several engines at once on this host.
+                    env=shared_host_environment(4) | (env or {}),
                 ),
                 log=self.logs / f"{name}.log",
             )
@@ -149,6 +150,7 @@ def tiny_engines(tmp_path_factory, tiny_registry):
 
     import httpx
 
+    from app.engines.vllm_process import shared_host_environment
     from app.registry.embedded import EmbeddedRegistry
 
     registry = EmbeddedRegistry(tiny_registry)
@@ -160,6 +162,7 @@ def tiny_engines(tmp_path_factory, tiny_registry):
             [str(SPARSEGATE), "engine", "tiny-p", "--port", str(port), "--max-model-len", "1024",
              "--kv-cache-gib", "1", "--registry", str(tiny_registry)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **shared_host_environment(4)},
         )  # fmt: skip
     try:
         urls = starter({"tiny-a": registry.path_of("tiny"), "tiny-b": registry.path_of("tiny")})

@@ -23,8 +23,9 @@ SPARSEGATE_IMAGES = ("sparsegate-",)
 
 
 def _manifests() -> list[Path]:
-    return sorted(p for p in K8S.rglob("*.yaml")
-                  if p.name != "kustomization.yaml" and p.parent.name != "config")  # fmt: skip
+    """Kubernetes' own kinds (Argo's AnalysisTemplate is checked apart: no CRD offline)."""
+    return sorted(p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml"
+                  and p.parent.name not in ("config", "argo"))  # fmt: skip
 
 
 def _dockerfile_stages() -> dict[str, str]:
@@ -480,3 +481,40 @@ def test_each_image_lock_pins_what_pyproject_asks_with_hashes(image, extras):
             "run make lock"
         )
     assert "torchvision" not in locked  # beside the CPU torch it breaks transformers
+
+
+ARGO_METRIC_FIELDS = {"name", "interval", "count", "successCondition", "failureCondition",
+                      "failureLimit", "inconclusiveLimit", "consecutiveErrorLimit",
+                      "initialDelay", "provider"}  # fmt: skip
+
+
+def argo_queries(args: dict[str, str]) -> list[str]:
+    """The Prometheus queries of the Argo AnalysisTemplate, its arguments filled in."""
+    doc = yaml.safe_load((K8S / "argo" / "analysis-template.yaml").read_text())
+    queries = [m["provider"]["prometheus"]["query"] for m in doc["spec"]["metrics"]]
+    for name, value in args.items():
+        queries = [q.replace("{{args." + name + "}}", value) for q in queries]
+    return queries
+
+
+def test_argo_analysis_template_has_the_fields_of_argo_crd_and_our_metric():
+    """Argo Rollouts' CRD is not to be had offline: its fields, as its CRD names them, and
+    every argument declared; the queries read the controller's gate gauge by its labels
+    (tests/test_rollout_live.py runs them against a real Prometheus)."""
+    from app.metrics.definitions import ROLLOUT_GATE_VERDICT
+
+    doc = yaml.safe_load((K8S / "argo" / "analysis-template.yaml").read_text())
+    assert (doc["apiVersion"], doc["kind"]) == ("argoproj.io/v1alpha1", "AnalysisTemplate")
+    declared = {a["name"] for a in doc["spec"]["args"]}
+    assert set(doc["spec"]) == {"args", "metrics"}
+    for metric in doc["spec"]["metrics"]:
+        assert set(metric) <= ARGO_METRIC_FIELDS and {"name", "provider"} <= set(metric)
+        assert re.fullmatch(r"\d+[smh]", metric["interval"])
+        prom = metric["provider"]["prometheus"]
+        used = set(re.findall(r"\{\{args\.([\w-]+)\}\}", yaml.safe_dump(metric)))
+        assert used <= declared and set(prom) == {"address", "query"}
+        for condition in (metric["successCondition"], metric.get("failureCondition", "")):
+            assert set(re.findall(r"[a-z]\w*", condition)) <= {"result"}
+        assert ROLLOUT_GATE_VERDICT._name in prom["query"]
+        labels = set(re.findall(r"(\w+)=\"", prom["query"]))
+        assert labels <= set(ROLLOUT_GATE_VERDICT._labelnames)

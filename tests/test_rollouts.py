@@ -67,6 +67,57 @@ def test_errors_roll_back_and_cost_holds_but_never_rolls_back():
     assert decide(spec, 0, Evidence(good[:10], (5000, 0), (5000, 0), 0.3)).action == HOLD
 
 
+def _latency_run(slower: float, seed: int) -> tuple[str, int]:
+    """Timed requests fed 50 at a time until the TTFT p95 gate decides: (verdict, samples per
+    side). Both sides lognormal (median 50 ms, a tail as real TTFT has), the candidate's
+    times x `slower`."""
+    from app.rollouts.gates import UNDECIDED, LatencyGate
+
+    rng = random.Random(seed)
+    gate = LatencyGate("ttft_ratio", 1.5, alpha=0.01 / 3)
+    for _ in range(100):
+        for _ in range(50):
+            gate.reference.append(0.05 * rng.lognormvariate(0, 0.4))
+            gate.candidate.append(0.05 * slower * rng.lognormvariate(0, 0.4))
+        verdict = gate.verdict()
+        if verdict.verdict != UNDECIDED:
+            return verdict.verdict, verdict.samples
+    return UNDECIDED, verdict.samples
+
+
+def test_latency_gate_passes_an_equal_candidate_and_fails_a_slow_one():
+    from app.rollouts.gates import FAILED, PASSED
+
+    same = [_latency_run(1.0, seed) for seed in range(RUNS)]
+    slow = [_latency_run(2.0, 100 + seed) for seed in range(RUNS)]
+    for name, runs in (("equal", same), ("2x slower", slow)):
+        used = sorted(n for _, n in runs)
+        print(
+            f"TTFT p95 gate at 1.5x, {name}: {[v for v, _ in runs].count(FAILED)} of {RUNS} "
+            f"failed; timed requests per side: median {used[RUNS // 2]}, max {used[-1]}"
+        )
+    assert all(verdict == PASSED for verdict, _ in same)
+    assert all(verdict == FAILED for verdict, _ in slow)
+
+
+def test_latency_gates_hold_a_step_until_decided_and_roll_back_when_failed():
+    gates = Gates(min_samples=20, max_ttft_ratio=1.5, max_tpot_ratio=1.5)
+    spec = RolloutSpec(steps=[0, 100], gates=gates)
+    good = [(100.0, 100.0)] * 100
+    untimed = Evidence(good, (5000, 0), (5000, 0))
+    held = decide(spec, 0, untimed)
+    assert held.action == HOLD and "ttft_ratio, tpot_ratio" in held.reason
+    rng = random.Random(3)
+    ref = [0.05 * rng.lognormvariate(0, 0.2) for _ in range(2000)]
+    fast = Evidence(good, (5000, 0), (5000, 0), ttft=(ref[:1000], ref[1000:]),
+                    tpot=(ref[:1000], ref[1000:]))  # fmt: skip
+    assert decide(spec, 0, fast).action == PROMOTE
+    slow = Evidence(good, (5000, 0), (5000, 0), ttft=(ref[:1000], ref[1000:]),
+                    tpot=([3 * t for t in ref[:1000]], ref[1000:]))  # fmt: skip
+    decision = decide(spec, 0, slow)
+    assert decision.action == ROLLBACK and decision.reason.startswith("tpot p95 3.")
+
+
 @pytest.fixture
 def served(backend, tmp_path):
     """A registry with a dense base, a candidate of it and a variant of another base, and a
@@ -143,6 +194,8 @@ def _state(cli) -> list[str]:
         (["start", "chat", "cheap", "--min-cost-saving", "1.5"], "min_cost_saving"),
         (["start", "chat", "cheap", "--confidence", "1"], "confidence"),
         (["start", "chat", "cheap", "--min-samples", "3"], "min_samples"),
+        (["start", "chat", "cheap", "--max-ttft-ratio", "0"], "max_ttft_ratio"),
+        (["start", "chat", "cheap", "--latency-quantile", "1"], "latency_quantile"),
         (["start", "chat", "cheap", "--pause-at", "100"], "pause_at [100]"),
         (["pause", "chat"], "no rollout running on alias 'chat'"),
     ],
@@ -192,4 +245,87 @@ def test_one_controller_holds_the_lease_until_it_lapses(backend, tmp_path):
     lease.release(reg, "ctl", "a")
     assert lease.hold(reg, "ctl", "b", 0.0)  # free again; b's lapses at once
     assert lease.hold(reg, "ctl", "a", 60)
+    reg.close()
+
+
+OLD_CHECK = "CHECK (stage IN ('candidate', 'production', 'retired'))"
+
+
+def _as_before_rejected(reg) -> None:
+    """Put back the stage check of registries made before the `rejected` stage."""
+    from app.registry.embedded import EmbeddedRegistry
+
+    if not isinstance(reg, EmbeddedRegistry):
+        with reg.transaction() as tx:
+            tx.execute("ALTER TABLE variants DROP CONSTRAINT variants_stage_check")
+            tx.execute(f"ALTER TABLE variants ADD CONSTRAINT variants_stage_check {OLD_CHECK}")
+        return
+    db = reg._db
+    (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'variants'").fetchone()
+    old = sql.replace("CREATE TABLE variants", "CREATE TABLE variants_old")
+    old = old.replace("'retired', 'rejected'", "'retired'")
+    db.executescript(f"PRAGMA foreign_keys = OFF; BEGIN; {old}; INSERT INTO variants_old SELECT "
+                     "* FROM variants; DROP TABLE variants; ALTER TABLE variants_old RENAME TO "
+                     "variants; COMMIT; PRAGMA foreign_keys = ON;")  # fmt: skip
+
+
+def test_a_rolled_back_candidate_is_rejected_with_its_reason_in_older_registries_too(served):
+    from app.rollouts.controller import Controller
+    from app.rollouts.store import RolloutStore
+
+    home, config = served
+    reg = open_registry(home)
+    _as_before_rejected(reg)
+    reg.close()
+    start = run_cli("rollout", "start", "chat", "cheap", "--config", str(config), "--steps",
+                    "0,100", "--min-samples", "20", registry=home)  # fmt: skip
+    assert start.returncode == 0, start.stderr
+    reg = open_registry(home)  # an embedded registry is migrated as it opens; a shared one
+    rollout = RolloutStore(reg).live("chat")  # on its first rejection
+    from app.rollouts.evidence import add_samples
+
+    worse = [(rollout.id, 0, "cheap", 150.0 + i % 7, 100.0 + i % 5) for i in range(40)]
+    add_samples(reg, worse, {(rollout.id, 0, "cheap"): [100, 0]})
+    (decision,) = Controller(reg).tick()
+    assert decision[1].action == ROLLBACK
+    cheap = reg.get("cheap")
+    assert cheap.stage.value == "rejected"
+    assert "bits-per-byte" in cheap.quality["rollout"]["rejected"]
+    assert cheap.quality["rollout"]["rollout"] == rollout.id
+    assert cheap.quality["bpb_ratio_max"] == 1.01  # the job's figures stay
+    reg.close()
+    listed = run_cli("models", "list", registry=home)
+    assert listed.returncode == 0 and "rejected" in listed.stdout
+
+
+def test_the_dashboard_view_judges_the_gates_as_the_controller_would(served):
+    from app.rollouts.evidence import add_samples
+    from app.rollouts.store import RolloutStore
+    from app.rollouts.view import rollouts_view
+
+    home, config = served
+    start = run_cli("rollout", "start", "chat", "cheap", "--config", str(config), "--steps",
+                    "0,50,100", "--min-samples", "20", "--max-ttft-ratio", "2",
+                    registry=home)  # fmt: skip
+    assert start.returncode == 0, start.stderr
+    reg = open_registry(home)
+    rid = RolloutStore(reg).live("chat").id
+    (row,) = rollouts_view(reg, ["chat"])
+    gates = {g["gate"]: g for g in row["gates"]}
+    assert set(gates) == {"bpb_ratio", "error_rate_increase", "ttft_ratio"}
+    assert gates["bpb_ratio"]["samples"] == 0 and gates["bpb_ratio"]["high"] is None  # no inf
+    assert gates["ttft_ratio"]["bound"] == 2.0 and row["waiting"].startswith("undecided")
+    same = [(rid, 0, "cheap", 100.0 + i % 3, 100.0 + i % 3) for i in range(60)]
+    add_samples(reg, same, {(rid, 0, "cheap"): [5000, 0], (rid, 0, "dense"): [5000, 0]},
+                [(rid, 0, v, 0.05 + (i % 10) / 1000, 0.01) for i in range(800)
+                 for v in ("cheap", "dense")])  # fmt: skip
+    (row,) = rollouts_view(reg, ["chat"])
+    assert {g["gate"]: g["verdict"] for g in row["gates"]} == {
+        "bpb_ratio": "passed",
+        "error_rate_increase": "passed",
+        "ttft_ratio": "passed",
+    }
+    assert row["waiting"] == "every gate passed"  # the controller advances on its next round
+    assert [e["kind"] for e in row["events"]] == ["started"]
+    assert rollouts_view(reg, ["other-alias"]) == []
     reg.close()

@@ -46,6 +46,7 @@ class Outcome:
     output_tokens: int = 0
     output_bytes: int = 0
     error: str = ""
+    variant: str = ""  # the gateway's x-sparsegate-variant: who served it
 
     @property
     def tpot(self) -> float | None:
@@ -100,6 +101,7 @@ async def one_request(
     last = None
     try:
         async with http.post(url, json=body, headers=headers) as r:
+            out.variant = r.headers.get("x-sparsegate-variant", "")
             if r.status != 200:
                 out.error = f"HTTP {r.status}: {(await r.read())[:200]!r}"
                 return out

@@ -236,6 +236,55 @@ def bench_crosscheck(
         out.write_text(json.dumps(r, indent=2))
 
 
+@bench_app.command("rollout")
+def bench_rollout(
+    alias: Annotated[str, typer.Argument(help="The alias whose live rollout to drive")],
+    url: Annotated[str, typer.Option(help="Gateway address")] = "http://127.0.0.1:8080",
+    concurrency: ConcurrencyOpt = 4,
+    prompt_words: PromptOpt = 48,
+    output_tokens: OutputOpt = 48,
+    timeout_s: Annotated[float, typer.Option(min=1, help="Give up after this long")] = 3600,
+    controller: Annotated[
+        bool, typer.Option(help="Run a rollout controller here (the lease picks one of several)")
+    ] = True,
+    api_key: Annotated[str | None, typer.Option(envvar="SPARSEGATE_API_KEY")] = None,
+    out: Annotated[Path | None, typer.Option(help="JSON results")] = None,
+    registry: RegistryOpt = None,
+) -> None:
+    """Synthetic users on ALIAS until its rollout (`sparsegate rollout start`) ends or
+    pauses; then each step's time, samples per gate and decision, from the rollout's events."""
+    import dataclasses
+    from contextlib import closing
+
+    from app.bench.load import Load
+    from app.bench.rollout_bench import drive_rollout
+    from app.registry import open_registry
+
+    load = Load(concurrency=concurrency, prompt_words=prompt_words, output_tokens=output_tokens)
+    status = console.status(f"{concurrency} users on {alias} until its rollout ends")
+    with closing(open_registry(_home(registry))) as reg, status:
+        run = drive_rollout(reg, url, alias, load, _auth(api_key, None), timeout_s, controller)
+    r = run.rollout
+    console.print(f"rollout {r.id}: {r.candidate} against {r.reference} on {alias}: {r.state} "
+                  f"after {run.wall_s:.0f} s ({r.reason or 'no reason given'})")  # fmt: skip
+    table = Table("step", "users", "decision", "seconds", "samples per gate",
+                  "decided after its last evidence")  # fmt: skip
+    for f in run.steps:
+        samples = ", ".join(f"{gate} {n}" for gate, n in f.samples.items())
+        after = "–" if f.decided_after_evidence_s is None else f"{f.decided_after_evidence_s:.1f} s"
+        table.add_row(str(f.step + 1), f"{f.weight}%", f.decision, f"{f.seconds:.0f}", samples,
+                      after)  # fmt: skip
+    console.print(table)
+    console.print(f"user requests answered, by variant: {dict(run.served)}; failed: "
+                  f"{sum(run.failed.values())} {dict(run.failed) or ''}")  # fmt: skip
+    if out:
+        record = {"rollout": {"id": r.id, "alias": alias, "candidate": r.candidate,
+                              "reference": r.reference, "state": r.state, "reason": r.reason},
+                  "wall_s": run.wall_s, "steps": [dataclasses.asdict(f) for f in run.steps],
+                  "served": dict(run.served), "failed": dict(run.failed)}  # fmt: skip
+        out.write_text(json.dumps(record, indent=2))
+
+
 def _prices(items: list[str]) -> dict[str, float]:
     out = {}
     for item in items:

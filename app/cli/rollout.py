@@ -37,6 +37,13 @@ def start(
     ] = 1.02,
     max_error_rate_increase: Annotated[float, typer.Option(help="Over the reference's")] = 0.01,
     min_cost_saving: Annotated[float, typer.Option(help="Equal-work, to advance (0.1: 10%)")] = 0.0,
+    max_ttft_ratio: Annotated[
+        float | None, typer.Option(help="Time to first token quantile over the reference's")
+    ] = None,
+    max_tpot_ratio: Annotated[
+        float | None, typer.Option(help="Time per output token quantile over the reference's")
+    ] = None,
+    latency_quantile: Annotated[float, typer.Option(help="Of the latency gates")] = 0.95,
     confidence: Annotated[float, typer.Option(help="Of every verdict, over the rollout")] = 0.99,
     min_samples: Annotated[int, typer.Option(help="Quality samples per step, at least")] = 50,
     quality_sample: Annotated[
@@ -64,6 +71,9 @@ def start(
                 max_bpb_ratio=max_bpb_ratio,
                 max_error_rate_increase=max_error_rate_increase,
                 min_cost_saving=min_cost_saving,
+                max_ttft_ratio=max_ttft_ratio,
+                max_tpot_ratio=max_tpot_ratio,
+                latency_quantile=latency_quantile,
                 confidence=confidence,
                 min_samples=min_samples,
             ),

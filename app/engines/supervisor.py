@@ -3,12 +3,18 @@
 Every engine runs in its own process group, and every way out of an engine's life (crash,
 restart, stop) ends the whole group, so vLLM's EngineCore child never outlives its server."""
 
+import dataclasses
 import logging
 import threading
 import time
 from pathlib import Path
 
-from app.engines.vllm_process import EngineSettings, VllmProcess, stop_all
+from app.engines.vllm_process import (
+    EngineSettings,
+    VllmProcess,
+    shared_host_environment,
+    stop_all,
+)
 
 log = logging.getLogger("sparsegate.engines")
 
@@ -16,6 +22,8 @@ log = logging.getLogger("sparsegate.engines")
 class Supervisor:
     def __init__(self, settings: list[EngineSettings], log_dir: Path, grace_s: float = 8) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
+        shared = shared_host_environment(len(settings))
+        settings = [dataclasses.replace(s, env=shared | s.env) for s in settings]
         self.engines = [VllmProcess(s, log=log_dir / f"{s.served_name}.log") for s in settings]
         self.grace_s = grace_s
         self._stop = threading.Event()

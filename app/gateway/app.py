@@ -169,6 +169,15 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
         derived = render_derived(await compared())
         return Response(render() + derived, media_type=CONTENT_TYPE_LATEST)
 
+    @app.get("/v1/rollouts")
+    async def rollouts_now(request: Request) -> dict:
+        """Each alias's latest rollout, its gates on the evidence so far, its last events."""
+        access.check(request, "operator")
+        try:
+            return {"object": "list", "data": await rollouts.view() if rollouts else []}
+        except Exception as e:  # the registry's database is away: say so, in OpenAI's format
+            raise GatewayError(503, f"cannot read the rollouts: {e}") from None
+
     @app.get("/dashboard")
     async def dashboard() -> HTMLResponse:
         page = resources.files("app.gateway").joinpath("static/dashboard.html").read_text()

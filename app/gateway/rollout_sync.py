@@ -74,11 +74,11 @@ class RolloutSync:
             self._registry = open_registry(self.home)
         return self._registry
 
-    def _sync(self, quality: list[tuple], requests: dict) -> list[Rollout]:
+    def _sync(self, quality: list[tuple], requests: dict, latency: list[tuple]) -> list[Rollout]:
         from app.rollouts.evidence import add_samples
         from app.rollouts.store import RolloutStore
 
-        add_samples(self._open(), quality, requests)
+        add_samples(self._open(), quality, requests, latency)
         return RolloutStore(self._open()).listed()
 
     async def refresh(self) -> None:
@@ -112,6 +112,15 @@ class RolloutSync:
             m.ROLLOUT_WEIGHT.labels(alias).set(r.weight)
             m.ROLLOUT_STEP.labels(alias).set(r.step)
         self.gateway.retarget(aliases)
+
+    async def view(self) -> list[dict]:
+        """Each alias's latest rollout with its gates so far (app/rollouts/view.py)."""
+        from app.rollouts.view import rollouts_view
+
+        def read() -> list[dict]:
+            return rollouts_view(self._open(), list(self.base))
+
+        return await asyncio.get_running_loop().run_in_executor(self._thread, read)
 
     async def run(self) -> None:
         while True:

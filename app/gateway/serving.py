@@ -278,7 +278,9 @@ class _Done:
             self.on_done(self.engine.name, outcome, usage, self.timings.output_bytes)
         evidence = self.gateway.evidence
         if evidence is not None and self.alias and outcome in _COUNTED:
-            evidence.request(self.alias, self.engine.name, failed=outcome != acc.OK)
+            tokens = (usage or {}).get("completion_tokens") or 0
+            evidence.request(self.alias, self.engine.name, outcome != acc.OK, self.timings,
+                             tokens)  # fmt: skip
         if outcome != acc.OK or not self.alias or text is None:
             return
         target = self.gateway.router.shadow_for(self.alias)

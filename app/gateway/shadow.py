@@ -1,11 +1,13 @@
 """Shadow traffic: copy a share of an alias's requests to a candidate, in the background.
 
 The copy is sent after the user's response is complete, so the user never waits for it,
-and is accounted apart (its own counters, never the user's token counters; the engine's
-ledger charges it to the shadow account). The two outputs are compared: exact match always,
-and for greedy requests the common prefix in tokens (both texts tokenized by the
-candidate's engine). These are secondary figures: one early divergence makes most tokens
-"disagree"; live quality in bits per byte (app/gateway/quality.py) is the primary one.
+and streamed, so that it is timed as a streamed user request is (a rollout's latency gates
+at its shadow step rest on these times). It is accounted apart (its own counters, never
+the user's token counters; the engine's ledger charges it to the shadow account). The two
+outputs are compared: exact match always, and for greedy requests the common prefix in
+tokens (both texts tokenized by the candidate's engine). These are secondary figures: one
+early divergence makes most tokens "disagree"; live quality in bits per byte
+(app/gateway/quality.py) is the primary one.
 """
 
 import asyncio
@@ -14,10 +16,21 @@ import logging
 import aiohttp
 
 from app.gateway.accounting import count_text
-from app.gateway.upstream import Engine, event_text
+from app.gateway.errors import GatewayError
+from app.gateway.upstream import (
+    Engine,
+    EngineUnavailable,
+    StreamBroken,
+    StreamTimeout,
+    streamed_copy,
+)
 from app.metrics import definitions as m
 
 log = logging.getLogger("sparsegate.shadow")
+
+
+_FAILURES = (aiohttp.ClientError, TimeoutError, ValueError, EngineUnavailable, GatewayError,
+             StreamBroken, StreamTimeout)  # fmt: skip
 
 
 def is_greedy(body: dict) -> bool:
@@ -56,23 +69,22 @@ class ShadowRunner:
         copy["model"] = served
         engine.enter()
         try:
-            status, result = await engine.post_json(route, copy, "shadow", alias)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            status, shadow_text, usage, timings = await streamed_copy(
+                engine, route, copy, "shadow", alias
+            )
+        except _FAILURES as e:
             log.info("shadow copy to %s failed: %s", engine.name, e)
             self._failed(labels)
             return
         finally:
             engine.leave()
-        if status != 200 or not isinstance(result, dict):
+        if status != 200:
             self._failed(labels, client_error=400 <= status < 500)
             return
+        tokens = usage.get("completion_tokens") or 0
         if self.evidence is not None:
-            self.evidence.request(alias, engine.name, failed=False)
-        usage = result.get("usage") or {}
-        m.SHADOW_TOKENS.labels(*labels).inc(
-            (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0)
-        )
-        shadow_text = event_text(result)
+            self.evidence.request(alias, engine.name, False, timings, tokens)
+        m.SHADOW_TOKENS.labels(*labels).inc((usage.get("prompt_tokens") or 0) + tokens)
         count_text(engine.name, usage, None, len(shadow_text.encode()))
         m.SHADOW_REQUESTS.labels(*labels, "compared").inc()
         if shadow_text == user_text:

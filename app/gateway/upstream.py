@@ -130,7 +130,7 @@ class Plain:
 
 
 async def send(
-    engine: Engine, path: str, body: dict, *, stream: bool, alias: str = ""
+    engine: Engine, path: str, body: dict, *, stream: bool, alias: str = "", account: str = "user"
 ) -> aiohttp.ClientResponse | Plain:
     """POST to the engine. With `stream`, the response once its headers are in (the caller
     releases it); without, the whole answer.
@@ -141,7 +141,7 @@ async def send(
         try:
             response = await engine.session.post(
                 engine.url(path), data=data,
-                headers={"content-type": "application/json", **booking("user", alias)},
+                headers={"content-type": "application/json", **booking(account, alias)},
             )  # fmt: skip
             if not stream:
                 async with response:  # reads the whole answer, then frees the connection
@@ -246,3 +246,23 @@ async def relay_sse(
         raise StreamBroken(f"{type(e).__name__}: {e}") from e
     finally:
         timings.end = time.perf_counter()
+
+
+async def streamed_copy(
+    engine: Engine, path: str, body: dict, account: str, alias: str
+) -> tuple[int, str, dict, Timings]:
+    """A request the gateway makes for itself (a shadow copy), streamed so that it is timed
+    as a user's streamed request is: (status, text of choice 0, usage, timings)."""
+    body = body | {"stream": True, "stream_options": {"include_usage": True}}
+    response = await send(engine, path, body, stream=True, alias=alias, account=account)
+    timings, usage, text = Timings(), {}, []
+    try:
+        if response.status != 200:
+            return response.status, "", {}, timings
+        events = relay_sse(response, client_wants_usage=True, timings=timings, usage=usage,
+                           text=text)  # fmt: skip
+        async for _ in events:
+            pass
+        return 200, "".join(text), usage, timings
+    finally:
+        response.release()

@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS variants (
     param_count   INTEGER NOT NULL,
     sparsity      REAL NOT NULL,
     quality       TEXT NOT NULL DEFAULT '{}',
-    stage         TEXT NOT NULL CHECK (stage IN ('candidate', 'production', 'retired')),
+    stage         TEXT NOT NULL
+                  CHECK (stage IN ('candidate', 'production', 'retired', 'rejected')),
     created_at    TEXT NOT NULL,
     updated_at    TEXT NOT NULL
 );
@@ -54,6 +55,31 @@ def _setup_lock(home: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def _allow_rejected(db: sqlite3.Connection) -> None:
+    """Registries made before the `rejected` stage get it in their stage check. SQLite
+    cannot alter a check, so the table is made again and its rows copied, in one
+    transaction (SQLite's own recipe for schema changes, foreign keys off meanwhile)."""
+    (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'variants'").fetchone()
+    if "'rejected'" in sql:
+        return
+    table = _SCHEMA.split(";")[0].replace("IF NOT EXISTS variants", "variants_new")
+    db.execute("PRAGMA foreign_keys = OFF")
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(table)
+            columns = ", ".join(r[1] for r in db.execute("PRAGMA table_info(variants_new)"))
+            db.execute(f"INSERT INTO variants_new ({columns}) SELECT {columns} FROM variants")
+            db.execute("DROP TABLE variants")
+            db.execute("ALTER TABLE variants_new RENAME TO variants")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    finally:
+        db.execute("PRAGMA foreign_keys = ON")
 
 
 class _SqliteTx:
@@ -87,6 +113,7 @@ class EmbeddedRegistry(Registry):
             if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 self._db.execute("PRAGMA journal_mode = WAL")
             self._db.executescript(_SCHEMA)
+            _allow_rejected(self._db)
 
     def describe(self) -> str:
         return f"{self.home}/ (SQLite)"

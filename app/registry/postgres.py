@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS variants (
     param_count   BIGINT NOT NULL,
     sparsity      DOUBLE PRECISION NOT NULL,
     quality       TEXT NOT NULL DEFAULT '{}',
-    stage         TEXT NOT NULL CHECK (stage IN ('candidate', 'production', 'retired')),
+    stage         TEXT NOT NULL
+                  CHECK (stage IN ('candidate', 'production', 'retired', 'rejected')),
     created_at    TEXT NOT NULL,
     updated_at    TEXT NOT NULL,
     location      TEXT NOT NULL
@@ -40,6 +41,24 @@ CREATE TABLE IF NOT EXISTS drafts (
 );
 """
 SCHEMA += TENANT_TABLES + ROLLOUT_TABLES
+
+
+def allow_rejected(tx) -> None:
+    """Registries made before the `rejected` stage get it in their stage check (by the first
+    writer that rejects a variant: a reader's role may not alter the table)."""
+    rows = tx.execute(
+        "SELECT pg_get_constraintdef(oid) AS def FROM pg_constraint "
+        "WHERE conrelid = 'variants'::regclass AND conname = 'variants_stage_check'"
+    )
+    if rows and "rejected" in rows[0]["def"]:
+        return
+    tx.execute("ALTER TABLE variants DROP CONSTRAINT IF EXISTS variants_stage_check")
+    tx.execute(
+        "ALTER TABLE variants ADD CONSTRAINT variants_stage_check "
+        "CHECK (stage IN ('candidate', 'production', 'retired', 'rejected'))"
+    )
+
+
 TABLES = (
     "variants",
     "drafts",

@@ -11,6 +11,7 @@ class Stage(StrEnum):
     candidate = "candidate"
     production = "production"
     retired = "retired"
+    rejected = "rejected"  # rolled back by a live rollout (the reason in quality["rollout"])
 
 
 class FileEntry(BaseModel):

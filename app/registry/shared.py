@@ -22,7 +22,7 @@ from typing import Any
 from app.errors import SparsegateError
 from app.registry.files import INCOMPLETE_MARKER, sha256_file
 from app.registry.objects import ObjectStore
-from app.registry.postgres import Database
+from app.registry.postgres import Database, allow_rejected
 from app.registry.records import Variant
 from app.registry.store import EXPANDED, HOST, Draft, Registry, Tx, pid_alive
 
@@ -62,6 +62,9 @@ class SharedRegistry(Registry):
     def _write(self) -> Iterator[Tx]:
         with self.db.write() as tx:
             yield tx
+
+    def _stages_ready(self, tx: Tx) -> None:
+        allow_rejected(tx)
 
     # -- publishing ------------------------------------------------------------------
 

@@ -309,6 +309,25 @@ class Registry(ABC):
             )
         return demoted
 
+    def reject(self, name: str, evidence: dict[str, Any]) -> bool:
+        """A candidate a live rollout rolled back: stage `rejected`, and the rollout's reason
+        and evidence in its quality record (under "rollout"). A variant in production is
+        left as it is (False): it serves other aliases, and a person decides."""
+        with self._write() as tx:
+            self._stages_ready(tx)
+            variant = self._get_in(tx, name)
+            if variant.stage is Stage.production:
+                return False
+            variant.quality["rollout"] = evidence
+            tx.execute(
+                "UPDATE variants SET stage = 'rejected', quality = ?, updated_at = ? "
+                "WHERE name = ?", (json.dumps(variant.quality), now(), name),
+            )  # fmt: skip
+        return True
+
+    def _stages_ready(self, tx: Tx) -> None:  # noqa: B027 (a hook: most back ends need none)
+        """Make sure the records may take every stage (a migration where one is needed)."""
+
     def update_quality(self, name: str, figures: dict[str, Any]) -> Variant:
         """Merge `figures` into a variant's quality record (e.g. a new evaluation)."""
         with self._write() as tx:

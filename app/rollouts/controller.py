@@ -17,11 +17,12 @@ from app.errors import SparsegateError
 from app.metrics import definitions as m
 from app.registry import Registry
 from app.registry.records import Stage
+from app.registry.store import now
 from app.rollouts import lease
 from app.rollouts.decide import ADVANCE, HOLD, PROMOTE, ROLLBACK, Decision, decide
 from app.rollouts.evidence import step_evidence
 from app.rollouts.gates import FAILED, PASSED
-from app.rollouts.store import Rollout, RolloutStore
+from app.rollouts.store import LIVE, Rollout, RolloutStore
 
 log = logging.getLogger("sparsegate.rollouts")
 LEASE = "rollout-controller"
@@ -47,13 +48,15 @@ class Controller:
             return []
         taken = []
         for rollout in self.store.listed():
-            if rollout.state == "running":
-                decision = self._decide(rollout)
-                if decision.action != HOLD:
-                    taken.append((rollout, decision))
+            if rollout.state not in LIVE:
+                continue
+            # A paused rollout's gates are judged too (its metrics stay current), never acted on.
+            decision = self._decide(rollout, act=rollout.state == "running")
+            if decision.action != HOLD and rollout.state == "running":
+                taken.append((rollout, decision))
         return taken
 
-    def _decide(self, r: Rollout) -> Decision:
+    def _decide(self, r: Rollout, act: bool) -> Decision:
         evidence = step_evidence(self.registry, r.id, r.step, r.candidate)
         evidence.cost_saving = self.cost_saving(r)
         decision = decide(r.spec, r.step, evidence)
@@ -64,7 +67,7 @@ class Controller:
             m.ROLLOUT_GATE_HIGH.labels(*labels).set(v.high)
             m.ROLLOUT_GATE_SAMPLES.labels(*labels).set(v.samples)
             m.ROLLOUT_GATE_VERDICT.labels(*labels).set(_VERDICT.get(v.verdict, 0))
-        if decision.action != HOLD:
+        if act and decision.action != HOLD:
             self._act(r, decision)
         return decision
 
@@ -73,6 +76,7 @@ class Controller:
         if d.action == ROLLBACK:
             self.store.set_state(r.alias, "rolled_back", "rolled back", reason=d.reason,
                                  detail=detail)  # fmt: skip
+            self._reject(r, d)
         elif d.action == ADVANCE:
             pause = r.spec.steps[r.step + 1] in r.spec.pause_at
             self.store.set_state(r.alias, "paused" if pause else "running",
@@ -82,6 +86,18 @@ class Controller:
             self._promote(r, detail)
         log.info("rollout %s of %s on %s: %s (%s)", r.id, r.candidate, r.alias, d.action,
                  d.reason)  # fmt: skip
+
+    def _reject(self, r: Rollout, d: Decision) -> None:
+        """The rolled-back candidate's stage says so, with the reason, in the registry. The
+        rollback itself is already recorded: a refusal here is logged, never undoes it."""
+        evidence = {"rejected": d.reason, "rollout": r.id, "alias": r.alias, "at": now(),
+                    "gates": [v.as_dict() for v in d.verdicts]}  # fmt: skip
+        try:
+            if not self.registry.reject(r.candidate_entry, evidence):
+                log.warning("%s is in production: rolled back on %s, not rejected",
+                            r.candidate_entry, r.alias)  # fmt: skip
+        except SparsegateError as e:
+            log.warning("rolled back %s, but could not mark it rejected: %s", r.candidate, e)
 
     def _promote(self, r: Rollout, detail: dict) -> None:
         try:

@@ -7,14 +7,18 @@ confidence), failed (it is broken with confidence) or undecided (more samples ne
   that mean (text by text, paired: the text's own difficulty cancels).
 - Errors: the candidate's error rate minus the reference's, at most D. Two independent
   means, each with its own sequence at half the error rate (a union bound).
+- Latency (time to first token, time per output token): the candidate's quantile (p95 by
+  default) over the reference's, at most L. Each side's quantile has its own distribution-
+  free bounds at half the error rate; the ratio's bounds are their extreme quotients.
 
 Every bound is an always-valid confidence sequence (app/rollouts/sequential.py): a gate
 may be checked after every sample and still errs with probability about alpha at most.
 """
 
+import math
 from dataclasses import dataclass, field
 
-from app.rollouts.sequential import RunningMean, bounds, rho_for
+from app.rollouts.sequential import RunningMean, bounds, quantile_bounds, rho_for
 
 PASSED, FAILED, UNDECIDED = "passed", "failed", "undecided"
 
@@ -29,7 +33,9 @@ class Verdict:
     samples: int
 
     def as_dict(self) -> dict:
-        return self.__dict__.copy()
+        """As stored and shown: JSON has no infinity, so a bound not reached yet is None."""
+        return {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                for k, v in self.__dict__.items()}  # fmt: skip
 
 
 @dataclass
@@ -80,6 +86,37 @@ class ErrorGate:
         value = self.candidate.mean - self.reference.mean if self.candidate.n else None
         verdict = _verdict(low, high, self.bound)
         return Verdict("error_rate_increase", verdict, value, low, high, self.candidate.n)
+
+
+@dataclass
+class LatencyGate:
+    """max ratio of a latency quantile, candidate over reference (seconds per request)."""
+
+    gate: str  # ttft_ratio, tpot_ratio
+    bound: float
+    alpha: float
+    quantile: float = 0.95
+    t_star: float = 500.0
+    candidate: list[float] = field(default_factory=list)
+    reference: list[float] = field(default_factory=list)
+
+    def verdict(self) -> Verdict:
+        rho = rho_for(self.t_star, self.alpha / 2)
+        cand, ref = sorted(self.candidate), sorted(self.reference)
+        c_low, c_high = quantile_bounds(cand, self.quantile, self.alpha / 2, rho)
+        r_low, r_high = quantile_bounds(ref, self.quantile, self.alpha / 2, rho)
+        low = c_low / r_high if r_high > 0 else 0.0
+        high = c_high / r_low if r_low > 0 else math.inf
+        value = None
+        if cand and ref:
+            value = _point(cand, self.quantile) / max(_point(ref, self.quantile), 1e-9)
+        verdict = _verdict(low, high, self.bound)
+        return Verdict(self.gate, verdict, value, low, high, min(len(cand), len(ref)))
+
+
+def _point(ordered: list[float], q: float) -> float:
+    """The sample quantile (nearest rank)."""
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def _verdict(low: float, high: float, bound: float) -> str:

@@ -65,3 +65,23 @@ def radius(stats: RunningMean, alpha: float, rho: float) -> float:
 def bounds(stats: RunningMean, alpha: float, rho: float) -> tuple[float, float]:
     r = radius(stats, alpha, rho)
     return stats.mean - r, stats.mean + r
+
+
+def quantile_bounds(
+    ordered: list[float], p: float, alpha: float, rho: float
+) -> tuple[float, float]:
+    """Always-valid bounds on the p-quantile of a distribution from its samples, sorted.
+
+    Howard and Ramdas ("Sequential estimation of quantiles with applications to A/B
+    testing", 2022): how many samples fall at or below the true quantile q_p is a running
+    sum of Bernoulli(p) with p known, so the confidence sequence above, with the known
+    variance p(1 - p), bounds that count; the order statistics at its ends bound q_p.
+    (0, inf) until there are enough samples."""
+    n = len(ordered)
+    if n < MIN_SAMPLES:
+        return 0.0, math.inf
+    r = radius(RunningMean(n, p, p * (1 - p) * (n - 1)), alpha, rho)
+    low_rank, high_rank = math.floor(n * (p - r)), math.ceil(n * (p + r))
+    low = ordered[low_rank - 1] if low_rank >= 1 else 0.0
+    high = ordered[high_rank - 1] if high_rank <= n else math.inf
+    return low, high

@@ -22,6 +22,12 @@ class Gates(BaseModel):
     # Equal-work cost saving against the reference (0.1: at least 10% cheaper); needed to
     # advance, never a reason to roll back (the cost is a point estimate, not a test).
     min_cost_saving: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # Latency quantile (latency_quantile, p95 by default), candidate over reference: time
+    # to first token and time per output token of the streamed requests (shadow copies are
+    # streamed to be timed). None: not gated. A bound under 1 asks for a faster candidate.
+    max_ttft_ratio: float | None = Field(default=None, gt=0.0, le=100.0)
+    max_tpot_ratio: float | None = Field(default=None, gt=0.0, le=100.0)
+    latency_quantile: float = Field(default=0.95, ge=0.5, le=0.99)
     # 1 - the chance that a gate's verdict is wrong, over the whole rollout.
     confidence: float = Field(default=0.99, gt=0.5, lt=1.0)
     # Quality samples each step needs before it may advance.
