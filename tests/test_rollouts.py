@@ -167,7 +167,10 @@ def test_rollout_commands_keep_one_live_rollout_and_record_every_change(served):
     reg = open_registry(home)
     assert {v.name: v.stage.value for v in reg.variants()}["cheap"] == "production"
     reg.close()
-    cli("start", "chat", "cheap", "--config", str(config))  # a new one, once the last ended
+    # A new one, once the last ended, judged against the variant it promoted.
+    again = run_cli("rollout", "start", "chat", "cheap", "--config", str(config), registry=home)
+    assert again.returncode == 2 and "'cheap' is the alias's reference" in again.stderr
+    assert "(reference 'cheap')" in cli("start", "chat", "dense", "--config", str(config))
     # One round of the controller: no evidence yet, so no decision; the rollout runs on.
     assert run_cli("rollout", "controller", "--once", registry=home).returncode == 0
     assert _state(cli) == ["promoted", "running"]
@@ -233,6 +236,10 @@ def test_each_state_routes_the_alias_as_the_readme_says():
     for ended in ("rolled_back", "aborted"):
         assert at(ended, 1) == base
     assert routed(base, None) is base
+    # A rollout against a reference an earlier one promoted: rolled back, it keeps everyone.
+    later = Rollout("r2", "chat", "ref", "ref", "cand", spec, "rolled_back", 1, "", None, "", "")
+    assert routed(base, later).split == {"cand": 1.0, "spare": 0.0}
+    assert routed(base, later).reference == "cand"
 
 
 def test_one_controller_holds_the_lease_until_it_lapses(backend, tmp_path):
@@ -296,6 +303,15 @@ def test_a_rolled_back_candidate_is_rejected_with_its_reason_in_older_registries
     reg.close()
     listed = run_cli("models", "list", registry=home)
     assert listed.returncode == 0 and "rejected" in listed.stdout
+    # What `bench rollout` reports of it: the step, its decision, what it rested on.
+    from app.bench.rollout_bench import step_figures
+
+    reg = open_registry(home)
+    (figure,) = step_figures(reg, RolloutStore(reg).listed("chat")[-1])
+    reg.close()
+    assert (figure.step, figure.weight, figure.decision) == (0, 0, "rolled back")
+    assert figure.samples["bpb_ratio"] == 40 and figure.seconds >= 0
+    assert 0 <= figure.decided_after_evidence_s < figure.seconds + 1
 
 
 def test_the_dashboard_view_judges_the_gates_as_the_controller_would(served):

@@ -8,6 +8,7 @@ import asyncio
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -43,20 +44,29 @@ def _time(stamp: str) -> float:
 
 
 class _Controller(threading.Thread):
-    def __init__(self, registry: Registry) -> None:
-        super().__init__(name="rollout-controller", daemon=True)
-        from app.rollouts.controller import Controller
+    """A controller with its own connection to the registry (SQLite's belong to a thread)."""
 
-        self.controller = Controller(registry)
+    def __init__(self, open_registry: Callable[[], Registry]) -> None:
+        super().__init__(name="rollout-controller", daemon=True)
+        self.open_registry = open_registry
         self.stop = threading.Event()
 
     def run(self) -> None:
-        while not self.stop.wait(0.5):
-            self.controller.tick()
-        self.controller.close()
+        from app.rollouts.controller import Controller
+
+        registry = self.open_registry()
+        controller = Controller(registry)
+        try:
+            while not self.stop.wait(0.5):
+                controller.tick()
+        finally:
+            controller.close()
+            registry.close()
 
 
-async def _traffic(url: str, alias: str, load: Load, headers: dict, done, run: RolloutRun):
+async def _traffic(
+    url: str, alias: str, load: Load, headers: dict, done: Callable[[], bool], run: RolloutRun
+) -> None:
     texts = prompts(load, 512, seed=0)
     counter = iter(range(10**9))
     timeout = aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=600.0)
@@ -75,8 +85,20 @@ async def _traffic(url: str, alias: str, load: Load, headers: dict, done, run: R
 
 
 def drive_rollout(
-    registry: Registry, gateway_url: str, alias: str, load: Load, headers: dict,
-    timeout_s: float, controller: bool = True,
+    open_registry: Callable[[], Registry], gateway_url: str, alias: str, load: Load,
+    headers: dict, timeout_s: float, controller: bool = True,
+) -> RolloutRun:  # fmt: skip
+    registry = open_registry()
+    try:
+        return _drive(registry, open_registry, gateway_url, alias, load, headers, timeout_s,
+                      controller)  # fmt: skip
+    finally:
+        registry.close()
+
+
+def _drive(
+    registry: Registry, open_registry: Callable[[], Registry], gateway_url: str, alias: str,
+    load: Load, headers: dict, timeout_s: float, controller: bool,
 ) -> RolloutRun:  # fmt: skip
     store = RolloutStore(registry)
     run = RolloutRun(store.live(alias))
@@ -90,7 +112,7 @@ def drive_rollout(
             state["over"] = now.state not in LIVE or now.state == "paused"
         return state["over"] or time.monotonic() > deadline
 
-    ctl = _Controller(registry) if controller else None
+    ctl = _Controller(open_registry) if controller else None
     if ctl:
         ctl.start()
     began = time.monotonic()

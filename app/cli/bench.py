@@ -254,16 +254,15 @@ def bench_rollout(
     """Synthetic users on ALIAS until its rollout (`sparsegate rollout start`) ends or
     pauses; then each step's time, samples per gate and decision, from the rollout's events."""
     import dataclasses
-    from contextlib import closing
 
     from app.bench.load import Load
     from app.bench.rollout_bench import drive_rollout
     from app.registry import open_registry
 
     load = Load(concurrency=concurrency, prompt_words=prompt_words, output_tokens=output_tokens)
-    status = console.status(f"{concurrency} users on {alias} until its rollout ends")
-    with closing(open_registry(_home(registry))) as reg, status:
-        run = drive_rollout(reg, url, alias, load, _auth(api_key, None), timeout_s, controller)
+    with console.status(f"{concurrency} users on {alias} until its rollout ends"):
+        run = drive_rollout(lambda: open_registry(_home(registry)), url, alias, load,
+                            _auth(api_key, None), timeout_s, controller)  # fmt: skip
     r = run.rollout
     console.print(f"rollout {r.id}: {r.candidate} against {r.reference} on {alias}: {r.state} "
                   f"after {run.wall_s:.0f} s ({r.reason or 'no reason given'})")  # fmt: skip

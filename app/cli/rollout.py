@@ -195,7 +195,7 @@ def reference_for(deployment: Deployment, registry: Registry, alias: str, candid
         raise SparsegateError(f"unknown alias {alias!r} (the deployment's aliases: {known})")
     if candidate not in deployment.variants:
         raise SparsegateError(f"unknown candidate {candidate!r}: the deployment does not serve it")
-    reference = resolve_reference(cfg)
+    reference = resolve_reference(_as_routed_now(cfg, registry, alias))
     if candidate == reference:
         raise SparsegateError(f"{candidate!r} is the alias's reference: nothing to roll out")
     entries = {v: deployment.variants[v].registry_name or v for v in (candidate, reference)}
@@ -211,6 +211,16 @@ def reference_for(deployment: Deployment, registry: Registry, alias: str, candid
         raise SparsegateError(f"{candidate!r} is a variant of {bases[candidate]!r}, not of the "
                               f"alias's base {bases[reference]!r}")  # fmt: skip
     return entries[candidate], reference
+
+
+def _as_routed_now(cfg, registry: Registry, alias: str):
+    """The alias as its latest rollout routes it: after a promotion, the promoted variant
+    is the reference the next rollout is judged against (and serves beside it)."""
+    from app.gateway.rollout_sync import routed
+    from app.rollouts.store import RolloutStore
+
+    listed = RolloutStore(registry).listed(alias)
+    return routed(cfg, listed[-1] if listed else None)
 
 
 @rollout_app.command("controller")

@@ -11,7 +11,9 @@ How a rollout routes its alias (the deployment file's split otherwise):
 - while live, a share of the reference's answers is scored under the candidate (live
   quality, app/gateway/quality.py);
 - promoted: the candidate serves every user, the reference stays as the fallback;
-- rolled back or aborted: the deployment file's split again, without the candidate.
+- rolled back or aborted: the reference serves everyone: the deployment file's split
+  again, without the candidate, or, where an earlier rollout promoted the reference, that
+  reference alone (the file's other variants as fallbacks).
 """
 
 import asyncio
@@ -19,7 +21,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from app.gateway.config import AliasConfig, ShadowConfig
+from app.gateway.config import AliasConfig, ShadowConfig, resolve_reference
 from app.gateway.rollout_evidence import EvidenceBook, Live
 from app.metrics import definitions as m
 from app.rollouts.store import LIVE, Rollout
@@ -39,9 +41,14 @@ def routed(base: AliasConfig, rollout: Rollout | None) -> AliasConfig:
         return base.model_copy(update={"split": split, "reference": cand, "shadow": None,
                                        "quality_sample": 0.0})  # fmt: skip
     if rollout.state not in LIVE:
-        split = {v: w for v, w in base.split.items() if v != cand} or {ref: 1.0}
         shadow = base.shadow if base.shadow and base.shadow.variant != cand else None
-        return base.model_copy(update={"split": split, "shadow": shadow})
+        if ref == resolve_reference(base):  # the deployment file's own split, less the candidate
+            split = {v: w for v, w in base.split.items() if v != cand} or {ref: 1.0}
+            return base.model_copy(update={"split": split, "shadow": shadow})
+        # The reference came from an earlier promotion: it keeps serving everyone.
+        others = {v: 0.0 for v in base.split if v not in (cand, ref)}
+        return base.model_copy(update={"split": {ref: 1.0, **others}, "reference": ref,
+                                       "shadow": shadow})  # fmt: skip
     # Live: the reference and the candidate alone, so that only the candidate is scored
     # and the reference is its one fallback.
     weight, spec = rollout.weight, rollout.spec
