@@ -79,6 +79,7 @@ async def _traffic(
                 run.served[out.variant] += 1
             else:
                 run.failed[out.error[:80]] += 1
+                await asyncio.sleep(0.5)  # a gateway that is down is not hammered
 
     async with aiohttp.ClientSession(timeout=timeout) as http:
         await asyncio.gather(*(user(http) for _ in range(load.concurrency)))

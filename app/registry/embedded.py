@@ -68,16 +68,22 @@ def _allow_rejected(db: sqlite3.Connection) -> None:
     db.execute("PRAGMA foreign_keys = OFF")
     try:
         db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute(table)
-            columns = ", ".join(r[1] for r in db.execute("PRAGMA table_info(variants_new)"))
-            db.execute(f"INSERT INTO variants_new ({columns}) SELECT {columns} FROM variants")
-            db.execute("DROP TABLE variants")
-            db.execute("ALTER TABLE variants_new RENAME TO variants")
-            db.execute("COMMIT")
-        except BaseException:
+        db.execute(table)
+        columns = ", ".join(r[1] for r in db.execute("PRAGMA table_info(variants_new)"))
+        db.execute(f"INSERT INTO variants_new ({columns}) SELECT {columns} FROM variants")
+        db.execute("DROP TABLE variants")
+        db.execute("ALTER TABLE variants_new RENAME TO variants")
+        db.execute("COMMIT")
+    except sqlite3.OperationalError as e:
+        if db.in_transaction:
             db.execute("ROLLBACK")
+        if "readonly" not in str(e):
             raise
+        # A read-only file (an engine's mount): the first writer to open it migrates it.
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
     finally:
         db.execute("PRAGMA foreign_keys = ON")
 
