@@ -193,7 +193,11 @@ def stack(tmp_path_factory, request) -> Iterator[Stack]:
         wait_for(lambda: _gateway_sees(stack, "gemma-3-270m"), timeout=ENGINE_START_S,
                  what="the gateway reaching engine-dense")  # fmt: skip
         stack.step("gateway reaches the engine", started)
+        failed_before = request.session.testsfailed
         yield stack
+        if request.session.testsfailed > failed_before:  # what the engine said, for the log
+            engine = stack.container("engine-dense")
+            stack.say("engine-dense's last lines:\n" + stack.logs(engine, 80))
     finally:
         stack.down()
 

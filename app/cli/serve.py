@@ -119,7 +119,7 @@ def engine(
     registry: RegistryOpt = None,
 ) -> None:
     """Run one vLLM engine for a registered variant (what engine containers run)."""
-    from app.engines.vllm_process import EngineSettings, engine_environment
+    from app.engines.vllm_process import EngineSettings
 
     folder = _open(registry).servable_path(variant)  # expands sparse-at-rest weights
     settings = EngineSettings(
@@ -127,7 +127,7 @@ def engine(
         kv_cache_gib=kv_cache_gib, attention_backend=attention_backend, compile=compile,
     )  # fmt: skip
     console.print(f"serving {variant} from {folder} on {settings.url}")
-    env = {**engine_environment(os.environ, variant), "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)}
+    env = settings.environment(os.environ)  # the same as engines that serve spawns
     # Become the engine: signals (docker stop) reach vLLM directly.
     os.execve(settings.python, settings.command(), env)
 

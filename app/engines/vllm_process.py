@@ -37,6 +37,16 @@ class EngineSettings:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    def environment(self, parent) -> dict[str, str]:
+        """The engine process's environment, for `serve`'s engines and engine containers
+        alike. -O0 leaves the model eager, yet vLLM still torch.compiles two sampler helpers
+        (logprob ranks, random sampling) at their first calls of each batch shape: on a
+        busy CPU host those inductor builds stalled a fresh engine for minutes, its requests
+        timing out. With nothing compiled, they run eagerly from the start."""
+        eager = {} if self.compile else {"TORCHDYNAMO_DISABLE": "1"}
+        return {**eager, **engine_environment(parent, self.served_name),
+                "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gib)}  # fmt: skip
+
     def command(self) -> list[str]:
         cmd = [
             self.python, "-m", "vllm.entrypoints.openai.api_server",
@@ -66,16 +76,7 @@ class VllmProcess:
         self._http = httpx.Client(timeout=2)
 
     def start(self) -> None:
-        # -O0 leaves the model eager, yet vLLM still torch.compiles two sampler helpers
-        # (logprob ranks, random sampling) at their first calls of each batch shape: on a
-        # busy CPU host those inductor builds stalled a fresh engine for minutes, its
-        # requests timing out. With nothing compiled, they run eagerly from the start.
-        eager = {} if self.settings.compile else {"TORCHDYNAMO_DISABLE": "1"}
-        env = {
-            **eager,
-            **engine_environment(os.environ, self.settings.served_name),
-            "VLLM_CPU_KVCACHE_SPACE": str(self.settings.kv_cache_gib), **self.settings.env,
-        }  # fmt: skip
+        env = {**self.settings.environment(os.environ), **self.settings.env}
         out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         # Own session and process group: vLLM's API server forks its EngineCore, which
         # outlives a killed API server unless the whole group is signalled.

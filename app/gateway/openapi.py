@@ -36,7 +36,7 @@ _ERROR_REF = {"$ref": "#/components/schemas/Error"}
 # the `[DONE]` sentinel.
 _SSE_EVENT = {"anyOf": [{"type": "object"}, {"const": "[DONE]"}]}
 _BODY_ROUTES = {"/v1/completions": CompletionRequest, "/v1/chat/completions": ChatCompletionRequest}
-_GET_ROUTES = ("/v1/models", "/v1/variants/compare", "/metrics")
+_GET_ROUTES = ("/v1/models", "/v1/variants/compare", "/v1/rollouts", "/metrics")
 
 
 def _errors(*statuses: int | str) -> dict:
@@ -106,5 +106,7 @@ def openapi_schema(app: FastAPI, deployment: Deployment) -> dict:
     for path in _GET_ROUTES:
         # (403: a key whose scope does not open the route, such as a scraper's)
         schema["paths"][path]["get"]["responses"].update(_errors(401, 403))
+    # (503: the registry's database, where rollouts live, cannot be read)
+    schema["paths"]["/v1/rollouts"]["get"]["responses"].update(_errors(503))
     app.openapi_schema = schema
     return schema
