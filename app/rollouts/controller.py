@@ -51,8 +51,9 @@ class Controller:
             if rollout.state not in LIVE:
                 continue
             # A paused rollout's gates are judged too (its metrics stay current), never acted on.
-            decision = self._decide(rollout, act=rollout.state == "running")
-            if decision.action != HOLD and rollout.state == "running":
+            act = rollout.state == "running"
+            decision = self._decide(rollout, act)
+            if act and decision.action != HOLD:
                 taken.append((rollout, decision))
         return taken
 
