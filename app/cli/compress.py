@@ -28,6 +28,12 @@ def compress(
     calibration_data: Annotated[
         Path | None, typer.Option(help="Text file for calibration [default: built-in text]")
     ] = None,
+    calibration_text: Annotated[
+        str,
+        typer.Option(
+            help="Built-in calibration text: mixed (Python docs + English prose) or pydoc"
+        ),
+    ] = "mixed",
     eval_windows: Annotated[int, typer.Option(min=1, help="Held-out windows")] = 16,
     recover: Annotated[str, typer.Option(help=choices(Stage.recover))] = "none",
     steps: Annotated[int, typer.Option(help="Training steps per recovery")] = 100,
@@ -69,6 +75,7 @@ def compress(
         calibration_samples=calibration_samples,
         seq_len=seq_len,
         calibration_data=calibration_data,
+        calibration_text=calibration_text,
         recover=recover,
         steps=steps,
         teacher=teacher,

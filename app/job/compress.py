@@ -75,7 +75,7 @@ def compress(
         try:
             job.calib = token_windows(
                 job.tokenizer, "calibration", recipe.calibration_samples, recipe.seq_len,
-                job.calib_text,
+                job.calib_text, recipe.calibration_text,
             )  # fmt: skip
         except ValueError as e:
             raise SparsegateError(f"not enough text: {e}") from e
@@ -113,6 +113,7 @@ def _finish(
     """Evaluate, write, pack sparse at rest, report and register."""
     from app.job.evaluate import nm_pattern_holds
     from app.job.stats import overall_sparsity, param_count, prunable_linears, sparsity_by_layer
+    from app.job.text import calibration_sources, describe
     from app.registry.sparse_store import pack
 
     recipe, model, tokenizer, steps, parent = (
@@ -150,6 +151,9 @@ def _finish(
         "parent": parent.name,
         "recipe": recipe.model_dump(mode="json"),
         "evaluation": evaluation.describe(),
+        "calibration": describe(
+            calibration_sources("calibration", recipe.calibration_text, job.calib_text)
+        ),
         "dense": dense_scores,
         "parent_scores": parent_scores,
         "dense_params": parent.param_count,

