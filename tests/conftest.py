@@ -44,6 +44,15 @@ def default_registry(tmp_path_factory) -> Path:
     return home
 
 
+@pytest.fixture(scope="session")
+def smollm2_registry(tmp_path_factory) -> Path:
+    """A registry holding the second packaged family, SmolLM2-135M-Instruct."""
+    home = tmp_path_factory.mktemp("smollm2-registry")
+    proc = run_cli("models", "import", "smollm2-135m", registry=home)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    return home
+
+
 def free_port() -> int:
     import socket
 

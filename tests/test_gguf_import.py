@@ -69,15 +69,17 @@ def test_not_a_gguf(tmp_path):
 
 
 @pytest.mark.slow
-def test_smollm2_from_its_package(tmp_path):
+def test_smollm2_from_its_package(smollm2_registry):
     """The packaged SmolLM2-135M-Instruct (Q4_1 GGUF): dequantized to bf16, logits checked,
     its own special tokens and ChatML template kept, chat turns stop at <|im_end|>."""
     from transformers import AutoTokenizer
 
-    home = tmp_path / "registry"
-    proc = run_cli("models", "import", "smollm2-135m", registry=home)
-    assert proc.returncode == 0, proc.stderr + proc.stdout
-    [variant] = json.loads(run_cli("models", "list", "--json", registry=home).stdout)
+    home = smollm2_registry
+    variant = next(
+        v
+        for v in json.loads(run_cli("models", "list", "--json", registry=home).stdout)
+        if v["name"] == "smollm2-135m"
+    )
     assert variant["name"] == "smollm2-135m" and variant["stage"] == "production"
     fidelity = variant["quality"]["fidelity"]
     assert fidelity["relative_logit_error"] < 0.03 and fidelity["top1_agreement"] >= 0.95

@@ -56,6 +56,16 @@ def compress(
     schedule: Annotated[
         str | None, typer.Option(help="Iterative sparsities, e.g. 0.3,0.5 (prune, recover, ...)")
     ] = None,
+    allocation: Annotated[
+        str, typer.Option(help="Sparsity per layer: uniform, or owl (outlier-weighted)")
+    ] = "uniform",
+    max_bpb_ratio: Annotated[
+        float | None,
+        typer.Option(
+            help="Find the largest sparsity within this ratio to dense bits per byte on both "
+            "evaluation texts (instead of --sparsity)"
+        ),
+    ] = None,
     trim_vocab: Annotated[
         int | None, typer.Option(help="Keep K vocabulary rows (embedding / LM head)")
     ] = None,
@@ -88,6 +98,8 @@ def compress(
         teacher_text=teacher_text,
         schedule=_floats(schedule) if schedule else None,
         trim_vocab=trim_vocab,
+        allocation=allocation,
+        max_bpb_ratio=max_bpb_ratio,
         vocab_corpus=vocab_corpus,
     )
     run_in("compress")
@@ -110,6 +122,20 @@ def compress(
         f"(×{q['bytes_ratio']:.2f}), {q['job_seconds']:.0f} s",
         highlight=False,
     )
+    if search := q.get("budget_search"):
+        _print_search(search)
+
+
+def _print_search(search: dict) -> None:
+    console.print(
+        f"searched for ×{search['max_bpb_ratio']:g} bits per byte ({search['allocation']} "
+        f"allocation); chose {search['chosen']:.1%}:",
+        highlight=False,
+    )
+    for p in search["points"]:
+        ratios = ", ".join(f"{k} ×{v:.3f}" for k, v in p["bpb_ratio"].items())
+        verdict = "within" if p["within"] else "over"
+        console.print(f"  {p['sparsity']:6.1%}  {ratios}  {verdict}", highlight=False)
 
 
 def _floats(text: str) -> list[float]:

@@ -86,10 +86,17 @@ def compress(
             # what any fine-tuning on this text buys; KD here recovers a trimmed vocabulary.
             before_recovery = evaluation.score(job.model, job.tokenizer, steps, "before recovery")
             recoveries.append(recover.apply(job, 0.0) or {})
-        for stage, target in enumerate(recipe.schedule or [recipe.sparsity]):
+        targets, budget = recipe.schedule or [recipe.sparsity], None
+        if prune and recipe.max_bpb_ratio is not None:
+            from app.job.budget import search
+
+            budget = search(job, prune, evaluation, dense_scores, recipe.max_bpb_ratio)
+            targets = [budget["chosen"]]
+        for stage, target in enumerate(targets):
             if not prune:
                 break
-            prune.apply(job, target)
+            if budget is None:  # the search left the model pruned at the sparsity it chose
+                prune.apply(job, target)
             if recover:
                 if stage == 0 or recipe.schedule is None:
                     before_recovery = evaluation.score(
@@ -99,6 +106,7 @@ def compress(
         if quant:
             quant.apply(job)
         timings = {"compress_s": time.monotonic() - job_start}
+        job.extra["budget_search"] = budget
         return _finish(
             job, draft, evaluation, dense_scores, parent_scores, vocab_report, recoveries,
             before_recovery, timings, start,
@@ -168,6 +176,8 @@ def _finish(
         "pattern_holds": pattern_ok,
         "before_recovery": before_recovery,
         "recovery": recoveries,
+        "budget_search": job.extra.get("budget_search"),
+        "layer_allocation": recipe.allocation,
         "timings": timings,
     }
     (draft.path / "report.json").write_text(json.dumps(report, indent=2))
@@ -182,6 +192,7 @@ def _finish(
             "scores_by_eval": {evaluation.key(t): s for t, s in scores.items()},
             "pattern_holds": pattern_ok,
             "before_recovery": before_recovery,
+            "budget_search": report["budget_search"],
             "eval": report["evaluation"],
             "vocab": vocab,
             "bytes_ratio": report["bytes_ratio"],

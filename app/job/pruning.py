@@ -16,6 +16,8 @@ class Pruning(Method):
     stage = Stage.prune
     # unstructured, n:m (N zeros in every M weights of a row), channels (whole MLP channels)
     patterns: ClassVar[tuple[str, ...]] = ("unstructured", "n:m")
+    # uniform: every decoder layer pruned to the target; owl: per layer (app/job/allocation.py)
+    allocations: ClassVar[tuple[str, ...]] = ("uniform",)
 
     @property
     def shape(self) -> str:
@@ -37,6 +39,29 @@ class Pruning(Method):
                 f"--prune {self.name} cannot prune to --pattern {self.recipe.pattern}; "
                 f"methods that can: {', '.join(able) or 'none'}"
             )
+        allocation = self.recipe.allocation
+        if allocation != "uniform" and self.shape != "unstructured":
+            raise SparsegateError(f"--allocation {allocation} needs unstructured pruning")
+        if allocation not in self.allocations:
+            able = [n for n in names(Stage.prune) if allocation in get(Stage.prune, n).allocations]
+            raise SparsegateError(
+                f"--prune {self.name} cannot allocate --allocation {allocation}; methods that "
+                f"can: {', '.join(able) or 'none'}"
+            )
+
+    def sparsity_for(self, job: Job, target: float) -> float | list[float]:
+        """What llm-compressor's modifiers are given: the target, or OWL's value per target
+        module (the outlier ratios measured once, on the model before any pruning)."""
+        if self.recipe.allocation == "uniform":
+            return target
+        from app.job.allocation import outlier_ratios, owl_from_ratios, per_target
+
+        if "owl_ratios" not in job.extra:
+            with job.steps.step("Measuring outlier ratios per layer (OWL)"):
+                job.extra["owl_ratios"] = outlier_ratios(job.model, job.calib)
+        layers = owl_from_ratios(job.extra["owl_ratios"], target)
+        job.extra["layer_sparsity"] = layers
+        return per_target(job.model, TARGETS, layers)
 
     def apply(self, job: Job, target: float | None = None) -> dict[str, Any] | None:
         assert target is not None

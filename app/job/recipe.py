@@ -38,6 +38,10 @@ class Recipe(BaseModel):
     feature_weight: float = 0.0  # kd: weight of SquareHead's per-layer feature loss
     teacher_text: int = 0  # kd: windows of teacher-generated text added to the training text
     schedule: list[float] | None = None  # iterative: prune to each sparsity in turn
+    allocation: str = "uniform"  # uniform, or owl: per-layer sparsity (app/job/allocation.py)
+    # The largest sparsity whose bits per byte stay within this ratio to dense on both
+    # evaluation texts, found by bisection (app/job/budget.py); instead of --sparsity.
+    max_bpb_ratio: float | None = None
     trim_vocab: int | None = None  # keep K vocabulary rows (embedding / LM head)
     vocab_corpus: Path | None = None  # text file or folder to rank tokens by; default: built in
 
@@ -97,15 +101,19 @@ class Recipe(BaseModel):
             if self.sparsity is not None and self.sparsity != self.schedule[-1]:
                 raise SparsegateError("--schedule ends at the final sparsity; drop --sparsity")
             self.sparsity = self.schedule[-1]
+        self._check_budget()
         if self.prune == "none":
             if self.sparsity is not None or self.pattern != "unstructured" or self.schedule:
                 raise SparsegateError("--sparsity, --pattern and --schedule need a --prune method")
+            if self.allocation != "uniform":
+                raise SparsegateError("--allocation needs a --prune method")
             if self.quant == "none" and self.recover == "none" and not self.trim_vocab:
                 raise SparsegateError("nothing to do: give --prune, --quant and/or --trim-vocab")
         else:
-            if self.sparsity is None:
+            if self.sparsity is None and self.max_bpb_ratio is None:
                 self.sparsity = 0.5
-            if not all(0.0 < x <= MAX_SPARSITY for x in [self.sparsity, *(self.schedule or [])]):
+            given = [x for x in [self.sparsity, *(self.schedule or [])] if x is not None]
+            if not all(0.0 < x <= MAX_SPARSITY for x in given):
                 raise SparsegateError(
                     f"--sparsity must be above 0.0 and at most {MAX_SPARSITY}, "
                     f"not {self.sparsity:g}"
@@ -132,6 +140,23 @@ class Recipe(BaseModel):
             raise SparsegateError("need at least 1 calibration sample of at least 16 tokens")
         return self
 
+    def _check_budget(self) -> None:
+        if self.allocation not in ("uniform", "owl"):
+            raise SparsegateError(f"--allocation must be uniform or owl, not {self.allocation!r}")
+        if self.max_bpb_ratio is None:
+            return
+        if self.prune == "none":
+            raise SparsegateError("--max-bpb-ratio needs a --prune method")
+        if self.max_bpb_ratio < 1.0:
+            raise SparsegateError(
+                f"--max-bpb-ratio must be at least 1 (dense itself), not {self.max_bpb_ratio:g}"
+            )
+        if self.sparsity is not None or self.schedule or self.pattern != "unstructured":
+            raise SparsegateError(
+                "--max-bpb-ratio chooses an unstructured sparsity: drop --sparsity, --pattern "
+                "and --schedule"
+            )
+
     def _check_kd(self) -> None:
         kd_set = {
             "--teacher": self.teacher is not None, "--lr": self.lr is not None,
@@ -153,10 +178,15 @@ class Recipe(BaseModel):
             k = self.trim_vocab
             parts.append(f"trim{k // 1024}k" if k % 1024 == 0 else f"trim{k}")
         if self.prune != "none":
-            shape = self.pattern.replace(":", "of") if self.nm else f"{self.sparsity * 100:.0f}"
+            shape = (
+                self.pattern.replace(":", "of") if self.nm else f"{(self.sparsity or 0) * 100:.0f}"
+            )
             if self.structured:
                 shape = f"ch{shape}"
-            parts.append(f"{self.prune}{shape}")
+            if self.max_bpb_ratio is not None:  # the sparsity is found by the job
+                shape = f"bpb{self.max_bpb_ratio * 100:.0f}"
+            owl = "owl" if self.allocation == "owl" else ""
+            parts.append(f"{self.prune}{owl}{shape}")
         if self.schedule:
             parts.append("iter")
         if self.recover != "none":

@@ -9,6 +9,7 @@ class SparseGPT(Pruning):
     name = "sparsegpt"
     summary = "Hessian-aware one-shot with weight updates (calibration); unstructured or N:M"
     patterns = ("unstructured", "n:m")
+    allocations = ("uniform", "owl")
 
     def prune(self, job: Job, target: float) -> None:
         from llmcompressor.modifiers.obcq import SparseGPTModifier
@@ -16,6 +17,8 @@ class SparseGPT(Pruning):
         from app.job.oneshot import oneshot
 
         modifier = SparseGPTModifier(
-            sparsity=target, mask_structure=self.mask_structure, targets=TARGETS
+            sparsity=self.sparsity_for(job, target),
+            mask_structure=self.mask_structure,
+            targets=TARGETS,
         )
         oneshot(job.model, [modifier], job.calib, self.recipe.seq_len)

@@ -12,6 +12,7 @@ class Wanda(Pruning):
     name = "wanda"
     summary = "|weight| × activation norm (calibration); unstructured, N:M or channels"
     patterns = ("unstructured", "n:m", "channels")
+    allocations = ("uniform", "owl")
 
     def prune(self, job: Job, target: float) -> None:
         from llmcompressor.modifiers.pruning import WandaPruningModifier
@@ -19,7 +20,9 @@ class Wanda(Pruning):
         from app.job.oneshot import oneshot
 
         modifier = WandaPruningModifier(
-            sparsity=target, mask_structure=self.mask_structure, targets=TARGETS
+            sparsity=self.sparsity_for(job, target),
+            mask_structure=self.mask_structure,
+            targets=TARGETS,
         )
         oneshot(job.model, [modifier], job.calib, self.recipe.seq_len)
 
