@@ -36,7 +36,7 @@ def search(job: Any, prune: Any, evaluation: Any, dense: dict, budget: float) ->
             best = (sparsity, {k: v.detach().clone() for k, v in job.model.state_dict().items()})
         else:
             over = sparsity
-        sparsity = min(round((within + over) / 2 / 0.0025) * 0.0025, MAX_SPARSITY)
+        sparsity = round(min(round((within + over) / 2 / 0.0025) * 0.0025, MAX_SPARSITY), 4)
         if over - within <= STEP or sparsity <= within:  # narrow enough, or at the cap
             break
     if best is None:
