@@ -115,7 +115,7 @@ def test_bad_sources(cli_registry, source, message):
 
 def test_folder_that_is_not_a_model(cli_registry, tmp_path):
     line = _error_line(run_cli("models", "import", str(tmp_path), registry=cli_registry))
-    assert "not a Hugging Face model folder" in line
+    assert "neither a GGUF file nor a Hugging Face model folder" in line
 
 
 def test_failed_conversion_check_registers_nothing(cli_registry, tiny_model_dir):
