@@ -6,7 +6,9 @@ import json
 import httpx
 import pytest
 
+from app.engines.scoring import served_bits_per_byte
 from app.registry.embedded import EmbeddedRegistry
+from app.texts.evaluation import EVAL_TEXTS
 from tests.conftest import run_cli
 
 FAST = ["--calibration-samples", "4", "--eval-windows", "2"]
@@ -45,6 +47,13 @@ def test_w4a16_variant_is_packed_and_served(served):
     assert v.bytes_on_disk < 0.75 * dense.bytes_on_disk
     r = _complete(urls["tiny-w4a16"], "tiny-w4a16")
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
+    # Served int4 weights score the job's own spans as the job's evaluation did, whichever
+    # kernel this CPU gets (vLLM's, or the plugin's dequantizing one without AVX-512).
+    for text in EVAL_TEXTS:
+        served = served_bits_per_byte(
+            urls["tiny-w4a16"], "tiny-w4a16", reg.servable_path("tiny-w4a16"), text.spans(2)
+        )
+        assert served == pytest.approx(v.quality["bpb"][text.key], rel=0.01), text.key
 
 
 def test_channels_and_w8a8_in_one_job_keep_the_smaller_config(served):

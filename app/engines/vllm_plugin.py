@@ -9,6 +9,8 @@ request, taking the engine down. By default the plugin maps that choice to vLLM'
 layers, where most of the time goes, keep oneDNN's AMX. `SPARSEGATE_CPU_ATTENTION=auto`
 leaves vLLM's own choice on hosts where its AMX attention works.
 
+It also gives W4A16 layers a kernel on CPUs without AVX-512 (app/engines/vllm_wna16.py).
+
 This module is imported by vLLM, never by the gateway."""
 
 import logging
@@ -18,15 +20,29 @@ log = logging.getLogger("sparsegate.vllm_plugin")
 
 
 def register() -> None:
-    if os.environ.get("SPARSEGATE_CPU_ATTENTION", "vec") == "auto":
-        return
     # vLLM loads this into every one of its processes: whatever goes wrong here (a vLLM that
     # renamed the private function, a build without the CPU backend) must leave vLLM's own
     # choice in place, never take the process down.
+    if os.environ.get("SPARSEGATE_CPU_ATTENTION", "vec") != "auto":
+        try:
+            _map_amx_to_vec()
+        except Exception as e:  # any failure: vLLM's choice and one warning
+            log.warning("sparsegate: CPU attention left to vLLM (%s: %s)", type(e).__name__, e)
     try:
-        _map_amx_to_vec()
-    except Exception as e:  # any failure: vLLM's choice and one warning
-        log.warning("sparsegate: CPU attention left to vLLM (%s: %s)", type(e).__name__, e)
+        _add_int4_fallback()
+    except Exception as e:
+        log.warning("sparsegate: W4A16 kernels left to vLLM (%s: %s)", type(e).__name__, e)
+
+
+def _add_int4_fallback() -> None:
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:
+        return
+    if current_platform.is_cpu():
+        from app.engines.vllm_wna16 import install
+
+        install()
 
 
 def _map_amx_to_vec() -> None:
