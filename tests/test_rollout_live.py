@@ -274,8 +274,17 @@ def _rollout_rows_have_data(scraped: list[str]) -> None:
         wait_for(lambda: all(prom.values(q) for q in queries), timeout=120,
                  what="data in every rollout panel")  # fmt: skip
         # (judged on the evidence of the 50% step, which keeps coming while it is paused)
-        wait_for(lambda: all(prom.values(q) == [1.0] for q in argo), timeout=120,
-                 what="every gate passed, as Argo's analysis reads it")  # fmt: skip
+        seen: dict[str, list[float]] = {}
+
+        def every_gate_passed() -> bool:
+            seen.update({q: prom.values(q) for q in argo})
+            return all(v == [1.0] for v in seen.values())
+
+        try:
+            wait_for(every_gate_passed, timeout=240,
+                     what="every gate passed, as Argo's analysis reads it")  # fmt: skip
+        except AssertionError as e:
+            raise AssertionError(f"{e}; last read: {seen}") from None
     finally:
         prom.stop()
 
