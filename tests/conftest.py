@@ -38,17 +38,17 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def default_registry(tmp_path_factory) -> Path:
     """A registry holding the real default model, imported once for the whole session."""
-    home = tmp_path_factory.mktemp("default-registry")
-    proc = run_cli("models", "import", "gemma-3-270m", registry=home)
-    assert proc.returncode == 0, proc.stderr + proc.stdout
-    return home
+    return _imported(tmp_path_factory.mktemp("default-registry"), "gemma-3-270m")
 
 
 @pytest.fixture(scope="session")
 def smollm2_registry(tmp_path_factory) -> Path:
     """A registry holding the second packaged family, SmolLM2-135M-Instruct."""
-    home = tmp_path_factory.mktemp("smollm2-registry")
-    proc = run_cli("models", "import", "smollm2-135m", registry=home)
+    return _imported(tmp_path_factory.mktemp("smollm2-registry"), "smollm2-135m")
+
+
+def _imported(home: Path, model: str) -> Path:
+    proc = run_cli("models", "import", model, registry=home)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     return home
 

@@ -253,7 +253,9 @@ def test_gateway_serves_the_real_model_and_a_variant_to_the_openai_client(
         )
         assert whole.headers["x-sparsegate-variant"] == variant
         reply = whole.parse()
-        assert reply.choices[0].message.content.strip()
+        # Any text will do, white space included: Gemma 3 270M's greedy answer differs
+        # between CPUs (seen: eight blank lines on an AMX host).
+        assert reply.choices[0].message.content and reply.usage.completion_tokens > 0
         chunks = list(client.chat.completions.create(
             model="gemma", messages=messages, max_tokens=16, temperature=0, stream=True,
             stream_options={"include_usage": True}, extra_headers=pin,

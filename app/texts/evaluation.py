@@ -26,6 +26,7 @@ from pathlib import Path
 
 from app.errors import SparsegateError
 from app.texts.corpus import pydoc_texts
+from app.texts.pinned import read_pinned
 
 NEWS_PACKAGE = "gensim==4.4.0"
 NEWS_MEMBER = "gensim/test/test_data/lee_background.cor"
@@ -93,16 +94,7 @@ def _chunks(text: str, size: int) -> list[str]:
 
 
 def _news_text() -> str:
-    path = data_dir() / NEWS_FILE
-    if not path.is_file():
-        raise SparsegateError(
-            f"the out-of-domain evaluation text {path} is missing: run `make setup` "
-            "(or `python -m app.texts.evaluation fetch`)"
-        )
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != NEWS_SHA256:
-        raise SparsegateError(f"{path} does not have the expected sha256; run `make setup`")
-    return data.decode()
+    return read_pinned(data_dir() / NEWS_FILE, NEWS_SHA256, "the out-of-domain evaluation text")
 
 
 def fetch(dest: Path) -> Path:

@@ -12,12 +12,11 @@ sha256 on every read, and the fetch refuses it if it holds any evaluation text.
 
 import bz2
 import contextlib
-import hashlib
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from app.errors import SparsegateError
+from app.texts.pinned import read_pinned
 
 WIKI_MEMBER = (
     "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -78,13 +77,5 @@ def _markup_line(line: str) -> bool:
 
 def prose_documents(data_dir: Path) -> list[str]:
     """The articles, from the file `make setup` wrote, checked by sha256."""
-    path = data_dir / PROSE_FILE
-    if not path.is_file():
-        raise SparsegateError(
-            f"the calibration prose {path} is missing: run `make setup` "
-            "(or `python -m app.texts.evaluation fetch`)"
-        )
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != PROSE_SHA256:
-        raise SparsegateError(f"{path} does not have the expected sha256; run `make setup`")
-    return [a for a in data.decode().split("\n\n") if a.strip()]
+    text = read_pinned(data_dir / PROSE_FILE, PROSE_SHA256, "the calibration prose")
+    return [a for a in text.split("\n\n") if a.strip()]
