@@ -142,9 +142,9 @@ class VllmProcess:
 def engine_dtype(requested: str, flags: set[str] | None = None) -> str:
     """The dtype a CPU engine computes in. `auto` takes the checkpoint's bf16, which x86 CPUs
     without AVX512_BF16 or AMX-BF16 compute slowly: with vLLM's AVX2 kernels (emulated on an
-    AMX host, README "CPU engines"), scoring 4 prompts of ~580 tokens took 120 s in bf16 and
-    43 s in float32; there `auto` means float32. A dtype the operator names wins, and GPU
-    builds of vLLM keep their own choice."""
+    AMX host; README "bf16 on CPUs without native bf16"), scoring 4 prompts of ~580 tokens
+    took 120 s in bf16 and 43 s in float32; there `auto` means float32. A dtype the operator
+    names wins, and GPU builds of vLLM keep their own choice."""
     x86 = platform.machine() in ("x86_64", "AMD64")
     if requested != "auto" or not x86 or not _vllm_cpu_build():
         return requested
