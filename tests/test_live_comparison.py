@@ -144,6 +144,8 @@ def test_spawned_engines_do_not_see_the_gateways_metrics_folder(spawning_serve):
         assert _environ(engine)["SPARSEGATE_VARIANT"] == "tiny"
         # vLLM's AOT compile cache does not load on the CPU: its older cache does (restarts)
         assert _environ(engine)["VLLM_USE_AOT_COMPILE"] == "0"
+        # W4A16 served with 16-bit activations, as evaluated (tests/test_smollm2.py)
+        assert _environ(engine)["VLLM_CPU_INT4_W4A8"] == "0"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)

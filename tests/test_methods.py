@@ -92,3 +92,13 @@ def test_a_new_method_in_one_file_is_picked_up_by_the_cli_and_the_recipe(tiny_re
     assert "--prune everyother cannot prune to --pattern 2:4" in refused.stderr
     unknown = run_cli("compress", "tiny", "--prune", "everyother", registry=tiny_registry)
     assert unknown.returncode == 2 and "unknown --prune 'everyother'" in unknown.stderr
+
+
+def test_int4_groups_divide_every_layer_width():
+    from app.job.methods.w4a16 import group_size
+
+    assert group_size({640, 2048}) == 128  # Gemma 3 270M
+    assert group_size({576, 1536, 1152}) == 64  # SmolLM2-135M, also with channels pruned
+    assert group_size({128, 96}) == 32
+    with pytest.raises(SparsegateError, match="divisible by 32; this model's are 100, 128"):
+        group_size({128, 100})

@@ -1,11 +1,15 @@
-"""W4A16 on CPUs where vLLM's own int4 kernel is missing (part of the vLLM plugin).
+"""W4A16 on CPUs where vLLM's own int4 kernel cannot run it as evaluated (part of the vLLM
+plugin).
 
 vLLM 0.32's CPU wheel loads one of three kernel libraries by the CPU's instruction set; the
-AVX2 one (CPUs without AVX-512, such as the AMD EPYC hosts this project's CI now runs on) has no
-`cpu_gemm_wna16`, yet vLLM still picks `CPUWNA16LinearKernel` for weight-only int4 layers, and
-the first request kills the engine. There this kernel takes the layer instead: it dequantizes
-the packed weights once at load, (q - 8) x scale per group, and runs a dense matmul in the
-activation dtype. The file on disk stays int4; memory and speed are the dense model's.
+AVX2 one (CPUs without AVX-512, such as the AMD EPYC hosts this project's CI now runs on) has
+no `cpu_gemm_wna16`, yet vLLM still picks `CPUWNA16LinearKernel` for weight-only int4 layers,
+and the first request kills the engine; where the op exists it has no float32 path ("not
+implemented for 'Float'"), which kills float32 engines the same way; and on AMX CPUs it runs
+the layers as W4A8 or, told not to, crashed (`_amx_as_w4a16`). There this kernel takes the
+layer instead: it dequantizes the packed weights once at load, (q - 8) x scale per group, and
+runs a dense matmul in the activation dtype. The file on disk stays int4; memory and speed
+are the dense model's.
 
 This module is imported by vLLM's processes through the plugin, never by the gateway."""
 
@@ -42,6 +46,16 @@ def dequantize(
     return values * scales.to(torch.float32).repeat_interleave(group, dim=1)[:, :size_in]
 
 
+def _amx_as_w4a16() -> bool:
+    """On AMX CPUs vLLM runs int4 layers as W4A8 (int8 activations) unless told not to, and
+    told not to (`VLLM_CPU_INT4_W4A8=0`, what engines get by default) its AMX int4 path
+    killed the worker at the first request here (a tiny model's 64-wide projections); so
+    where W4A16 is to be served as W4A16 on AMX, this kernel serves it."""
+    import os
+
+    return os.environ.get("VLLM_CPU_INT4_W4A8") == "0" and torch.cpu._is_amx_tile_supported()
+
+
 class DequantizedWNA16Kernel(MPLinearKernel):
     @classmethod
     def get_min_capability(cls) -> int:
@@ -49,8 +63,10 @@ class DequantizedWNA16Kernel(MPLinearKernel):
 
     @classmethod
     def can_implement(cls, c: MPLinearLayerConfig) -> tuple[bool, str | None]:
-        if not current_platform.is_cpu() or not vllm_int4_kernel_missing():
-            return False, "vLLM's own CPU int4 kernel is there"
+        if not current_platform.is_cpu():
+            return False, "CPU only"
+        if not (vllm_int4_kernel_missing() or c.act_type == torch.float32 or _amx_as_w4a16()):
+            return False, "vLLM's own CPU int4 kernel serves these layers"
         if c.zero_points or c.weight_type not in (scalar_types.uint4b8, scalar_types.uint8b128):
             return False, f"symmetric int4/int8 weights only, not {c.weight_type}"
         return True, None

@@ -10,7 +10,7 @@ from app.job.methods import Job, Method, Stage
 class Quantization(Method):
     stage = Stage.quant
 
-    def modifiers(self) -> list[Any]:
+    def modifiers(self, job: Job) -> list[Any]:
         raise NotImplementedError
 
     def apply(self, job: Job, target: float | None = None) -> dict[str, Any] | None:
@@ -21,7 +21,7 @@ class Quantization(Method):
 
         masks = {n: m.weight != 0 for n, m in prunable_linears(job.model).items()}
         with job.steps.step(f"Quantizing ({self.name})"):
-            oneshot(job.model, self.modifiers(), job.calib, self.recipe.seq_len)
+            oneshot(job.model, self.modifiers(job), job.calib, self.recipe.seq_len)
             if not self.recipe.structured:
                 with torch.no_grad():
                     for n, m in prunable_linears(job.model).items():
