@@ -14,7 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 VENVS = Path(os.environ.get("SPARSEGATE_VENVS", Path(sys.prefix).parent))
 
 
-def run_cli(*args: str, registry: Path | None = None, timeout: float = 900, **env: str):
+def run_cli(
+    *args: str, registry: Path | None = None, timeout: float = 900, cwd: Path | None = None,
+    **env: str,
+):  # fmt: skip
     """Run the real `sparsegate` command; returns the CompletedProcess (text)."""
     cmd = [str(SPARSEGATE), *args]
     if registry is not None:
@@ -24,8 +27,34 @@ def run_cli(*args: str, registry: Path | None = None, timeout: float = 900, **en
         capture_output=True,
         text=True,
         timeout=timeout,
+        cwd=cwd,
         env={**os.environ, "SPARSEGATE_VENVS": str(VENVS), "HF_HUB_OFFLINE": "1", **env},
     )
+
+
+def compress_jobs(home: Path, base: str, jobs: dict[str, list[str]], *common: str):
+    """Run `sparsegate compress BASE ARGS... --name NAME` for each job; the registry."""
+    from app.registry.embedded import EmbeddedRegistry
+
+    for name, args in jobs.items():
+        proc = run_cli("compress", base, *args, *common, "--name", name, registry=home)
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+    return EmbeddedRegistry(home)
+
+
+def assert_served_as_evaluated(registry, served: dict[str, str], spans: int) -> None:
+    """Each served variant's bits per byte, from prompt log-probabilities on the job's own
+    spans read with its own tokenizer, within 1% of what the job recorded (bf16 kernels,
+    int8/int4 ones for quantized variants, against the job's float32 evaluation)."""
+    from app.engines.scoring import served_bits_per_byte
+    from app.texts.evaluation import EVAL_TEXTS
+
+    for name, url in served.items():
+        folder = registry.servable_path(name)
+        for text in EVAL_TEXTS:
+            bpb = served_bits_per_byte(url, name, folder, text.spans(spans))
+            evaluated = registry.get(name).quality["bpb"][text.key]
+            assert bpb == pytest.approx(evaluated, rel=0.01), (name, text.key, bpb)
 
 
 @pytest.fixture(scope="session")
@@ -70,8 +99,9 @@ class EngineStarter:
         self.started = []
 
     def __call__(
-        self, models: dict[str, Path], extra_args: list[str] = (), env: dict | None = None
-    ) -> dict[str, str]:
+        self, models: dict[str, Path], extra_args: list[str] = (), env: dict | None = None,
+        dtype: str = "auto",
+    ) -> dict[str, str]:  # fmt: skip
         from app.engines.vllm_process import EngineSettings, VllmProcess, shared_host_environment
 
         batch = [
@@ -81,6 +111,7 @@ class EngineStarter:
                     served_name=name,
                     port=free_port(),
                     max_model_len=1024,
+                    dtype=dtype,
                     extra_args=list(extra_args),
                     # The suite runs several engines at once on this host.
                     env=shared_host_environment(4) | (env or {}),

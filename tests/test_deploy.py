@@ -518,3 +518,79 @@ def test_argo_analysis_template_has_the_fields_of_argo_crd_and_our_metric():
         assert ROLLOUT_GATE_VERDICT._name in prom["query"]
         labels = set(re.findall(r"(\w+)=\"", prom["query"]))
         assert labels <= set(ROLLOUT_GATE_VERDICT._labelnames)
+
+
+# -- the main job's variants, defined once ----------------------------------------------
+
+
+def _render(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "sparsegate"), "deploy", "render", *args],
+                          capture_output=True, text=True, cwd=root)  # fmt: skip
+
+
+def test_deploy_files_serve_what_the_main_jobs_definition_says():
+    """Compose's engines and bench, Kubernetes' engines and both gateway files are rendered
+    from deploy/variants.yaml (no drift), and both compress steps build from it."""
+    from app.deploy.main_job import load
+
+    assert _render(ROOT, "--check").returncode == 0, "run `sparsegate deploy render`"
+    job = load(ROOT / "deploy" / "variants.yaml")
+    engines = {job.engine_name(n): n for n in job.serve}
+    assert len(engines) == len(job.serve) == 3 and "engine-dense" in engines
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    for engine, name in engines.items():
+        assert services[engine]["command"] == [name]
+        assert services[f"{engine}-gpu"]["command"][0] == f"/models/serve/{name}"
+    bench = services["bench"]["command"]
+    assert bench[bench.index("--variants") + 1] == ",".join(job.serve)
+    assert "./deploy/variants.yaml:/etc/sparsegate/variants.yaml:ro" in services["compress"][
+        "volumes"]  # fmt: skip
+    assert services["compress"]["command"][:3] == ["deploy", "build",
+                                                   "/etc/sparsegate/variants.yaml"]  # fmt: skip
+    docs = list(yaml.safe_load_all((K8S / "main-job.yaml").read_text()))
+    (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert config["data"]["variants.yaml"] == (ROOT / "deploy" / "variants.yaml").read_text()
+    pods = {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in docs
+            if d["kind"] == "Deployment"}  # fmt: skip
+    assert {n: p["containers"][0]["args"] for n, p in pods.items()} == {
+        e: [n] for e, n in engines.items()}  # fmt: skip
+    job_pod = yaml.safe_load((K8S / "compress-job.yaml").read_text())["spec"]["template"]["spec"]
+    assert job_pod["containers"][0]["args"] == ["deploy", "build", "/etc/sparsegate/variants.yaml"]
+    assert {"name": "variants", "configMap": {"name": "sparsegate-variants"}} in job_pod["volumes"]
+    for path in (ROOT / "deploy" / "sparsegate.yaml", CONTAINERS_DEPLOYMENT):
+        served = yaml.safe_load(path.read_text())
+        assert list(served["variants"]) == job.serve, path
+        for alias, spec in job.aliases.items():
+            drop = ("quality_sample",)  # the demo's file scores more of its few requests
+            assert {k: v for k, v in served["aliases"][alias].items() if k not in drop} == {
+                k: v for k, v in spec.items() if k not in drop}, (path, alias)  # fmt: skip
+
+
+def test_render_rewrites_the_files_after_the_definition_changes(tmp_path):
+    rendered = ["docker-compose.yml", "deploy/compose/shared.yml", "deploy/sparsegate.yaml",
+                "deploy/k8s/config/sparsegate.yaml", "deploy/k8s/main-job.yaml",
+                "deploy/variants.yaml"]  # fmt: skip
+    for rel in rendered:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / rel, tmp_path / rel)
+    definition = tmp_path / "deploy" / "variants.yaml"
+    data = yaml.safe_load(definition.read_text())
+    data["serve"] = data["serve"][:2]
+    data["aliases"].pop("gemma-ab")
+    definition.write_text(yaml.safe_dump(data))
+
+    check = _render(tmp_path, "--check")
+    assert check.returncode == 1
+    assert len(check.stdout.strip().splitlines()) == 5, check.stdout  # all but the definition
+    assert _render(tmp_path).returncode == 0
+    assert _render(tmp_path, "--check").returncode == 0
+    services = yaml.safe_load((tmp_path / "docker-compose.yml").read_text())["services"]
+    assert len([n for n in services if n.startswith("engine-")]) == 4  # 2 CPU, 2 GPU
+    gateway = yaml.safe_load((tmp_path / "deploy" / "sparsegate.yaml").read_text())
+    assert list(gateway["variants"]) == data["serve"] and list(gateway["aliases"]) == ["gemma"]
+
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text(compose.read_text().replace("# --- end of engines ---\n", ""))
+    broken = _render(tmp_path)
+    assert broken.returncode == 2 and "docker-compose.yml has no" in broken.stderr
+    assert len(broken.stderr.strip().splitlines()) == 1, broken.stderr

@@ -1,14 +1,13 @@
 """Vocabulary trimming on the real default model: Gemma 3 270M's 262,144-row vocabulary
-trimmed to 49,152, then quantized or pruned, checked in its files and served by vLLM."""
+trimmed to 49,152, then pruned 2:4 and quantized to W8A8 in the same job (one Gemma job:
+trimming composes with both), checked in its files and served by vLLM."""
 
 import json
 
 import pytest
 
-from app.engines.scoring import served_bits_per_byte
-from app.registry.embedded import EmbeddedRegistry
 from app.texts.evaluation import EVAL_TEXTS
-from tests.conftest import run_cli
+from tests.conftest import assert_served_as_evaluated, compress_jobs
 
 pytestmark = pytest.mark.slow
 
@@ -16,22 +15,19 @@ BASE = "gemma-3-270m"
 K = 49152
 FAST = ["--calibration-samples", "4", "--eval-windows", "4"]
 JOBS = {
-    "trim-w8a8": ["--trim-vocab", str(K), "--quant", "w8a8"],
-    "trim-2of4": ["--trim-vocab", str(K), "--prune", "wanda", "--pattern", "2:4"],
-}
+    "trim-2of4-w8a8": ["--trim-vocab", str(K), "--prune", "wanda", "--pattern", "2:4",
+                       "--quant", "w8a8"],
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def variants(default_registry):
-    for name, args in JOBS.items():
-        proc = run_cli("compress", BASE, *args, *FAST, "--name", name, registry=default_registry)
-        assert proc.returncode == 0, proc.stderr + proc.stdout
-    return EmbeddedRegistry(default_registry)
+    return compress_jobs(default_registry, BASE, JOBS, *FAST)
 
 
 @pytest.fixture(scope="module")
 def served(variants, engines):
-    """Only the trimmed variants: six Gemma engines at once do not fit this machine."""
+    """Only the trimmed variant: six Gemma engines at once do not fit this machine."""
     return engines({name: variants.servable_path(name) for name in JOBS})
 
 
@@ -82,13 +78,7 @@ def test_trimmed_checkpoints_keep_their_vocabulary_through_quantization(variants
 
 
 def test_vllm_serves_trimmed_variants_as_evaluated(variants, served):
-    for name, url in served.items():
-        for text in EVAL_TEXTS:  # the job's spans, read with the variant's own tokenizer
-            served_bpb = served_bits_per_byte(
-                url, name, variants.servable_path(name), text.spans(4)
-            )
-            evaluated = variants.get(name).quality["bpb"][text.key]
-            assert served_bpb == pytest.approx(evaluated, rel=0.01), (name, text.key, served_bpb)
+    assert_served_as_evaluated(variants, served, spans=4)
 
 
 def test_a_trimmed_variant_stops_its_chat_turn_at_the_renumbered_token(variants, served):

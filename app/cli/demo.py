@@ -1,10 +1,7 @@
 """`sparsegate demo` (the README's main job): import the default model, compress it,
 serve dense and variants through the gateway, benchmark them and print the comparison."""
 
-import os
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -12,22 +9,27 @@ from typing import Annotated
 import httpx
 import typer
 
+from app.cli.deploy import build_variants, sparsegate_command
 from app.cli.models import RegistryOpt, _home, console
+from app.deploy import main_job
 from app.errors import SparsegateError
-
-BASE = "gemma-3-270m"
-# name -> (parent, compress arguments); the deployment file serves these names. Pruning and
-# INT8 alone leave the 168 M-parameter embedding / LM head as it is (and decode about as fast
-# as dense): trimming the vocabulary is what makes a variant cheaper. 96k rows keep both
-# evaluation texts within 1.5% of dense; under the trimmed head INT8 starts to pay.
-RECIPES = {
-    f"{BASE}-trim96k": (BASE, ["--trim-vocab", "98304"]),
-    f"{BASE}-trim96k-w8a8": (f"{BASE}-trim96k", ["--quant", "w8a8"]),
-}  # fmt: skip
 
 
 def demo(
-    config: Annotated[Path, typer.Option(help="Deployment file")] = Path("deploy/sparsegate.yaml"),
+    model: Annotated[
+        str | None,
+        typer.Option(help="Another model's main job: deploy/variants-MODEL.yaml (smollm2-135m)"),
+    ] = None,
+    variants: Annotated[
+        Path | None, typer.Option(help="What to build and compare [default: deploy/variants.yaml]")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Deployment file [default: deploy/sparsegate.yaml's gateway settings "
+            "with the variants' engines and aliases]"
+        ),
+    ] = None,
     port: Annotated[int, typer.Option(help="Gateway port")] = 8080,
     requests: Annotated[int, typer.Option(min=1, help="Bench requests per variant")] = 64,
     concurrency: Annotated[int, typer.Option(min=1, help="Bench concurrent streams")] = 8,
@@ -36,27 +38,23 @@ def demo(
     keep_serving: Annotated[bool, typer.Option(help="Leave the gateway up (Ctrl-C)")] = False,
     registry: RegistryOpt = None,
 ) -> None:
-    """The main job, end to end, on the default model."""
+    """The main job, end to end: build the variants, serve them beside dense, compare."""
     from app.bench.load import Load
     from app.bench.serve_bench import run_serve_bench
 
     started = time.monotonic()
+    definition = _definition(model, variants)
+    job = main_job.load(definition)
     home = _home(registry)
-    exe = _sparsegate()
+    exe = sparsegate_command()
     reg_args = ["--registry", str(home)]
-    console.rule("1/4 import the default model")
-    _run([*exe, "models", "import", BASE, "--exist-ok", *reg_args])
-    console.rule("2/4 compress")
-    for name, (parent, args) in RECIPES.items():
-        if (home / name).is_dir():
-            console.print(f"{name} is registered already")
-            continue
-        _run([*exe, "compress", parent, *args, "--name", name,
-              "--calibration-samples", str(calibration_samples), *reg_args])  # fmt: skip
-    console.rule("3/4 serve dense and variants behind the gateway")
-    url = f"http://127.0.0.1:{port}"
+    console.rule(f"1/3 build {len(job.build)} variants of {job.base} ({definition})")
+    build_variants(job, home, calibration_samples)
     log = home / ".logs" / "demo-serve.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    config = config or _deployment_file(job, log.parent / "demo-deployment.yaml")
+    console.rule("2/3 serve dense and variants behind the gateway")
+    url = f"http://127.0.0.1:{port}"
     with log.open("w") as out:
         server = subprocess.Popen(
             [*exe, "serve", "--config", str(config), "--port", str(port), *reg_args],
@@ -64,14 +62,15 @@ def demo(
         )  # fmt: skip
     try:
         _wait_ready(url, server, log)
-        console.rule("4/4 benchmark through the gateway")
-        names = [BASE, *RECIPES]
+        console.rule("3/3 benchmark through the gateway")
         load = Load(concurrency=concurrency, requests=requests, output_tokens=output_tokens)
-        run_serve_bench(
-            url, names, load, interleave=2, out=home / "demo-bench.json",
+        rows = run_serve_bench(
+            url, job.serve, load, interleave=2, out=home / "demo-bench.json",
             chart_path=home / "demo-bench.png", wait_ready_s=1200, console=console,
         )  # fmt: skip
-        _shadow_sample(url)
+        _no_variant_failed_outright(rows, log)
+        if alias := _scored_alias(job):
+            _shadow_sample(url, alias)
         _summary(url, home, started)
         if keep_serving:
             console.print("serving until Ctrl-C")
@@ -84,15 +83,48 @@ def demo(
             server.kill()
 
 
-def _sparsegate() -> list[str]:
-    found = shutil.which("sparsegate", path=str(Path(sys.executable).parent))
-    return [found] if found else [sys.executable, "-m", "app.cli.main"]
+def _no_variant_failed_outright(rows: list[dict], log: Path) -> None:
+    """A comparison in which a variant answered nothing compares nothing: stop there."""
+    for r in rows:
+        if r["requests"] and r["errors"] == r["requests"]:
+            raise SparsegateError(
+                f"every benchmark request to {r['variant']} failed, the first with "
+                f"{(r.get('first_error') or 'no answer')[:300]}; see {log}"
+            )
 
 
-def _run(cmd: list[str]) -> None:
-    code = subprocess.call(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if code != 0:
-        raise SparsegateError(f"`sparsegate {' '.join(cmd[1:4])} ...` failed (exit {code})")
+def _definition(model: str | None, variants: Path | None) -> Path:
+    if model is None:
+        return variants or main_job.DEFINITION
+    if variants is not None:
+        raise SparsegateError("give --model or --variants, not both")
+    path = main_job.DEFINITION.with_name(f"variants-{model}.yaml")
+    if not path.is_file():
+        known = sorted(p.stem.removeprefix("variants-") for p in path.parent.glob("variants-*"))
+        raise SparsegateError(
+            f"no main job is defined for {model!r} ({path} is missing); defined: "
+            + ", ".join(known)
+        )
+    return path
+
+
+def _deployment_file(job: main_job.MainJob, out: Path) -> Path:
+    """deploy/sparsegate.yaml's gateway settings, serving `job`'s variants (for the default
+    definition this is the committed file itself: a test checks it is rendered)."""
+    from app.deploy.render import DEMO_DEPLOYMENT, VARIANTS_PART, gateway_part, replace_part
+
+    text = replace_part(DEMO_DEPLOYMENT.read_text(), VARIANTS_PART,
+                        gateway_part(job, spawned=True), str(DEMO_DEPLOYMENT))  # fmt: skip
+    out.write_text(text)
+    return out
+
+
+def _scored_alias(job: main_job.MainJob) -> str | None:
+    """The first alias that shadows or scores its traffic, if any."""
+    for name, spec in job.aliases.items():
+        if spec.get("shadow") or spec.get("quality_sample"):
+            return name
+    return None
 
 
 def _wait_ready(url: str, server: subprocess.Popen, log: Path, timeout: float = 1200) -> None:
@@ -113,18 +145,23 @@ def _wait_ready(url: str, server: subprocess.Popen, log: Path, timeout: float = 
     raise SparsegateError(f"engines not ready after {timeout:.0f} s; see {log}")
 
 
-def _shadow_sample(url: str, n: int = 24) -> None:
-    """Greedy requests to the `gemma` alias: some are shadowed to the candidate, some
+def _shadow_sample(url: str, alias: str, n: int = 24, concurrency: int = 4) -> None:
+    """Greedy requests to `alias`, a few at a time: some are shadowed to the candidate, some
     scored under it (live quality); waits until the background work is done."""
     import random
+    from concurrent.futures import ThreadPoolExecutor
 
     from app.bench.load import Load, prompts
 
-    status = console.status(f"{n} greedy requests to the alias `gemma` (shadowed, scored)")
+    status = console.status(f"{n} greedy requests to the alias `{alias}` (shadowed, scored)")
     with status, httpx.Client(base_url=url, timeout=120) as http:
-        for prompt in prompts(Load(prompt_words=32), n, random.randrange(1 << 30)):
-            body = {"model": "gemma", "prompt": prompt, "max_tokens": 32, "temperature": 0}
+
+        def send(prompt: str) -> None:
+            body = {"model": alias, "prompt": prompt, "max_tokens": 32, "temperature": 0}
             http.post("/v1/completions", json=body).raise_for_status()
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(send, prompts(Load(prompt_words=32), n, random.randrange(1 << 30))))
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and _background_pending(http):
             time.sleep(1)

@@ -9,6 +9,7 @@ from rich.console import Console
 from app.cli.bench import bench_app
 from app.cli.compress import compress
 from app.cli.demo import demo
+from app.cli.deploy import deploy_app
 from app.cli.keys import keys_app
 from app.cli.models import models_app
 from app.cli.rollout import rollout_app
@@ -30,6 +31,7 @@ app.add_typer(rollout_app, name="rollout")
 app.command()(serve)
 app.command()(engine)
 app.command()(demo)
+app.add_typer(deploy_app, name="deploy")
 
 
 def _terminate(signum: int, frame: object) -> None:

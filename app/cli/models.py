@@ -114,12 +114,17 @@ def path(
     and verified; sparse-at-rest weights expanded, bit-exact)."""
     folder = _open(registry).servable_path(name).resolve()
     if link is not None:
-        link.parent.mkdir(parents=True, exist_ok=True)
-        tmp = link.with_name(f".{link.name}.{os.getpid()}")
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(folder)
-        tmp.replace(link)  # atomic: a reader sees the old target or the new one
+        link_to(link, folder)
     typer.echo(folder)
+
+
+def link_to(link: Path, folder: Path) -> None:
+    """Point the symlink `link` at `folder`, atomically: a reader sees the old or the new."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.with_name(f".{link.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(folder)
+    tmp.replace(link)
 
 
 @models_app.command()
