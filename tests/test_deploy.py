@@ -594,3 +594,5 @@ def test_render_rewrites_the_files_after_the_definition_changes(tmp_path):
     broken = _render(tmp_path)
     assert broken.returncode == 2 and "docker-compose.yml has no" in broken.stderr
     assert len(broken.stderr.strip().splitlines()) == 1, broken.stderr
+    elsewhere = _render(tmp_path / "deploy", "../deploy/variants.yaml")  # not the root
+    assert elsewhere.returncode == 2 and "run from the repository's root" in elsewhere.stderr

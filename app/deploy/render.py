@@ -227,6 +227,8 @@ def rendered_files(job: MainJob, root: Path, definition_text: str) -> dict[Path,
     out = {root / K8S_FILE: kubernetes(job, definition_text)}
     for rel, renders in parts.items():
         path = root / rel
+        if not path.is_file():
+            raise SparsegateError(f"{rel} is not in {root}: run from the repository's root")
         text = path.read_text()
         for part, render in renders:
             text = replace_part(text, part, render(), rel)
