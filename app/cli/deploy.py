@@ -77,7 +77,7 @@ def build_variants(job: main_job.MainJob, home: Path, calibration_samples: int |
     for name, args in main_job.missing_builds(job, registered):
         console.rule(f"{name}: compress {' '.join(args[:-2])}")
         run([*exe, "compress", *args, *extra, *reg_args])
-    for name in set(job.build) & registered:
+    for name in [n for n in job.build if n in registered]:
         console.print(f"{name} is registered already")
 
 

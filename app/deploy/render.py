@@ -11,7 +11,6 @@ from app.deploy.main_job import MainJob
 from app.errors import SparsegateError
 
 DEMO_QUALITY_SAMPLE = 0.5  # the demo sends a few dozen requests: score half of them
-GPU_IMAGE = "vllm/vllm-openai:v0.32.0"
 K8S_FILE = "deploy/k8s/main-job.yaml"
 DEMO_DEPLOYMENT = Path("deploy/sparsegate.yaml")
 VARIANTS_PART = "variants and aliases"

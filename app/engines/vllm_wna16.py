@@ -51,9 +51,9 @@ def _amx_as_w4a16() -> bool:
     told not to (`VLLM_CPU_INT4_W4A8=0`, what engines get by default) its AMX int4 path
     killed the worker at the first request here (a tiny model's 64-wide projections); so
     where W4A16 is to be served as W4A16 on AMX, this kernel serves it."""
-    import os
+    from vllm import envs
 
-    return os.environ.get("VLLM_CPU_INT4_W4A8") == "0" and torch.cpu._is_amx_tile_supported()
+    return not envs.VLLM_CPU_INT4_W4A8 and torch.cpu._is_amx_tile_supported()
 
 
 class DequantizedWNA16Kernel(MPLinearKernel):
