@@ -3,8 +3,9 @@ step-cost plugin's choice of which steps to time (vLLM's own IterationStats)."""
 
 import asyncio
 
+import pytest
 from prometheus_client import REGISTRY
-from vllm.v1.metrics.stats import IterationStats
+from vllm.v1.metrics.stats import IterationStats, PrefillStats
 
 from app.engines.ledger import Ledger, scoring_in_flight
 from app.engines.step_costs import StepCostLogger
@@ -89,3 +90,22 @@ def test_steps_are_not_timed_while_a_scoring_request_is_in_flight(monkeypatch):
                                          {"variant": "steps-test", "term": t})
             for t in ("t", "g", "gg")}  # fmt: skip
     assert sums == {"t": 0.04, "g": 4, "gg": 8}  # the shortest gap is the step's time
+
+
+def test_prompt_tokens_read_from_the_prefix_cache_are_not_counted_as_step_work(monkeypatch):
+    """A prefill of 300 prompt tokens of which 256 came from the prefix cache computes 44:
+    the step fit's p is what the step computed, not vLLM's num_prompt_tokens (300)."""
+    monkeypatch.setenv("SPARSEGATE_VARIANT", "cached-test")
+    logger = StepCostLogger()
+    step = IterationStats()
+    step.inter_token_latencies_iter = [0.05]
+    step.num_generation_tokens = 2
+    prefill = PrefillStats()
+    prefill.set(num_prompt_tokens=300, num_local_cached_tokens=256, num_external_cached_tokens=0)
+    step.prompt_token_stats.update_from_output(prefill)
+    assert step.num_prompt_tokens == 300
+    logger.record(None, step)
+    sums = {t: REGISTRY.get_sample_value("sparsegate_engine_step_moments_total",
+                                         {"variant": "cached-test", "term": t})
+            for t in ("p", "pp", "tp", "k")}  # fmt: skip
+    assert sums == {"p": 44, "pp": 44 * 44, "tp": pytest.approx(0.05 * 44), "k": 1}

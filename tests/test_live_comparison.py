@@ -262,7 +262,8 @@ def test_equal_work_prices_the_gateways_mean_request_on_every_variant(
     raw = a["raw_dollars_per_million_bytes"] / b["raw_dollars_per_million_bytes"]
     with capsys.disabled():  # into the CI log, pass or fail
         print(f"\nidentical engines, unequal traffic: equal-work ratio {equal:.3f}, raw ratio "
-              f"{raw:.3f}; fits {a['step_cost_s']} {b['step_cost_s']}")  # fmt: skip
+              f"{raw:.3f}; fits {a['step_cost_s']} {b['step_cost_s']}; prompts per prefill "
+              f"{a['step_prompt']} {b['step_prompt']}")  # fmt: skip
 
 
 def _prices_a_workload_given_in_the_query(gateway: str) -> None:

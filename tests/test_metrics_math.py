@@ -106,6 +106,30 @@ def test_step_fit_folds_a_constant_batch_into_the_fixed_cost():
     assert fit_steps({**sums, "n": 5}) is None  # too few steps to fit
 
 
+def test_a_reference_prompt_far_from_the_prefills_the_fit_rests_on_is_flagged():
+    """Every prefill 8 tokens: b_p cannot tell per token from per request, so pricing a
+    40-token prompt on it is flagged; 10 tokens is within the range."""
+    from app.metrics.compare import prompt_range
+    from app.metrics.equal_work import Mix, fit_steps
+
+    sums = dict.fromkeys(("n", "t", "p", "g", "pp", "gg", "pg", "tp", "tg", "k"), 0.0)
+    for i in range(60):
+        p, g = (8 if i % 3 == 0 else 0), 1 + i % 4
+        t = 0.002 + 5e-3 * (p > 0) + 2e-4 * g  # 5 ms per request, whatever its length
+        for key, v in (("n", 1), ("t", t), ("p", p), ("g", g), ("pp", p * p), ("gg", g * g),
+                       ("pg", p * g), ("tp", t * p), ("tg", t * g), ("k", p > 0)):  # fmt: skip
+            sums[key] += v
+    fit = fit_steps(sums)
+    assert (fit.prompt_mean, fit.prompt_sd) == (8, 0)
+    assert fit.b_p == pytest.approx(5e-3 / 8)  # the request's cost, spread over its tokens
+    rates = {"prompt": 0.25, "output": 0.25}  # tokens per byte
+    far, near = Mix(160, 40, 1, 10), Mix(40, 40, 1, 10)  # 40 and 10 prompt tokens
+    assert prompt_range(fit, far, rates) == {"mean": 8, "sd": 0, "priced": 40,
+                                             "extrapolated": True}  # fmt: skip
+    assert prompt_range(fit, near, rates)["extrapolated"] is False
+    assert prompt_range(fit_steps({**sums, "k": 0}), far, rates) is None  # no timed prefill
+
+
 def test_paired_ratio_interval_covers_the_true_ratio():
     import random
 

@@ -1,14 +1,15 @@
 """What an engine step costs, measured on live traffic: a vLLM stat-logger plugin (entry point
 `vllm.stat_logger_plugins`), loaded by vLLM into its API server in the serve environment.
 
-Each engine step runs a batch: some prompt tokens being prefilled (p) and some sequences
-each generating a token (g). Its time is modelled as t = a + b_p p + b_g g, the linear
-step-time model of LLM serving simulators (a fixed cost per step, then a cost per token of
-each kind). The plugin times every step in which some sequence decodes, and keeps the
-sums that least squares needs (n, Σp, Σg, Σpp, Σgg, Σpg, Σt, Σtp, Σtg) as Prometheus
-counters: sums merge by adding and any window is a difference, so whoever reads them (the
-gateway's compare view) fits the model on the window it wants (`app.metrics.equal_work`),
-and equal work is priced from the fit on every variant.
+Each engine step runs a batch: some prompt tokens being prefilled (p, those not read from
+the prefix cache) and some sequences each generating a token (g). Its time is modelled as
+t = a + b_p p + b_g g, the linear step-time model of LLM serving simulators (a fixed cost
+per step, then a cost per token of each kind). The plugin times every step in which some
+sequence decodes, and keeps the sums that least squares needs (n, Σp, Σg, Σpp, Σgg, Σpg,
+Σt, Σtp, Σtg) as Prometheus counters: sums merge by adding and any window is a
+difference, so whoever reads them (the gateway's compare view) fits the model on the
+window it wants (`app.metrics.equal_work`), and equal work is priced from the fit on every
+variant.
 
 This module is imported by vLLM, never by the gateway.
 """
@@ -28,7 +29,8 @@ STEPS = Counter(
 MOMENTS = Counter(
     "sparsegate_engine_step_moments",
     "Sums over timed steps of t (seconds), p (prompt tokens), g (generated tokens) and their "
-    "products (term: t, p, g, pp, gg, pg, tp, tg): least squares' sufficient statistics",
+    "products (term: t, p, g, pp, gg, pg, tp, tg): least squares' sufficient statistics; "
+    "k counts the steps that prefilled (p > 0)",
     ["variant", "term"],
 )
 SKIPPED = Counter(
@@ -37,7 +39,7 @@ SKIPPED = Counter(
     "(prompt_logprobs) was in flight",
     ["variant"],
 )
-TERMS = ("t", "p", "g", "pp", "gg", "pg", "tp", "tg")
+TERMS = ("t", "p", "g", "pp", "gg", "pg", "tp", "tg", "k")
 
 
 class StepCostLogger(StatLoggerBase):
@@ -58,13 +60,16 @@ class StepCostLogger(StatLoggerBase):
         if scoring_in_flight():  # a prompt_logprobs prefill: not the work equal work prices
             self._skipped.inc()
             return
-        self.add(min(gaps), iteration_stats.num_prompt_tokens,
-                 iteration_stats.num_generation_tokens)  # fmt: skip
+        # Prompt tokens computed in this step: vLLM's num_prompt_tokens also counts those
+        # read from the prefix cache, which cost the step nothing.
+        computed = iteration_stats.prompt_token_stats.computed
+        self.add(min(gaps), computed, iteration_stats.num_generation_tokens)
 
     def add(self, t: float, p: int, g: int) -> None:
         self._steps.inc()
         for term, value in (("t", t), ("p", p), ("g", g), ("pp", p * p), ("gg", g * g),
-                            ("pg", p * g), ("tp", t * p), ("tg", t * g)):  # fmt: skip
+                            ("pg", p * g), ("tp", t * p), ("tg", t * g),
+                            ("k", 1 if p else 0)):  # fmt: skip
             self._moments[term].inc(value)
 
     def log_engine_initialized(self) -> None:

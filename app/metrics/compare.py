@@ -23,7 +23,7 @@ LOWER_IS_BETTER = ("ttft_p50_s", "ttft_p95_s", "itl_p50_s", "itl_p95_s",
 QUALITY_TERMS = ("n", "x", "y", "xx", "yy", "xy")
 QSUMS = "sparsegate_quality_sums_total"
 COST_KEYS = ("engine_busy_s", "charged_s", "raw_dollars_per_million_bytes", "step_cost_s",
-             "step_batch", "equal_work_dollars_per_million_bytes")  # fmt: skip
+             "step_batch", "step_prompt", "equal_work_dollars_per_million_bytes")  # fmt: skip
 
 
 def variant_figures(name: str, samples: Samples, facts: VariantFacts | None) -> dict:
@@ -153,6 +153,7 @@ def cost_figures(totals: dict | None, out_bytes: float, mix: Mix, price: float, 
              "steps": fit.steps} if fit else None
         ),
         "step_batch": batch_range(fit, mix.inflight) if fit else None,
+        "step_prompt": prompt_range(fit, mix, rates) if fit else None,
         "equal_work_dollars_per_million_bytes": (
             dollars_per_million_output_bytes(fit, mix, rates, price) if fit else None
         ),
@@ -166,6 +167,20 @@ def batch_range(fit: StepFit, inflight: float) -> dict:
     reach = 2 * fit.batch_sd + 0.5
     outside = abs(inflight - fit.batch_mean) > reach
     return {"mean": fit.batch_mean, "sd": fit.batch_sd, "extrapolated": outside}
+
+
+def prompt_range(fit: StepFit, mix: Mix, rates: dict[str, float]) -> dict | None:
+    """The prompt tokens per prefilling step the fit rests on, and whether the reference's
+    prompt lies outside them (mean +- 2 sd, and half the mean): with prompts all of one
+    size, b_p cannot tell a cost per token from a cost per request. None when no timed
+    step prefilled."""
+    if not fit.prompt_mean or "output" not in rates:
+        return None
+    priced = mix.prompt_bytes * rates.get("prompt", rates["output"])
+    reach = max(2 * fit.prompt_sd, 0.5 * fit.prompt_mean)
+    outside = abs(priced - fit.prompt_mean) > reach
+    return {"mean": fit.prompt_mean, "sd": fit.prompt_sd, "priced": priced,
+            "extrapolated": outside}  # fmt: skip
 
 
 def compare(

@@ -15,13 +15,18 @@ vocabulary spends more tokens on the same text): for a candidate that live quali
 its alias reference's rates x the candidate's tokens over the reference's on the same
 sampled texts; else on its own traffic. The same work for every variant, whatever traffic
 each one happened to get. Dollars are those seconds x the engine's price.
+
+The fit's p counts the prompt tokens each step computed (not those read from the prefix
+cache), so b_p is the cost of prefilling one token. The reference prices all its prompt
+tokens at b_p: prefix-cache hits depend on which requests each variant happened to get, so
+equal work leaves them out.
 """
 
 from dataclasses import dataclass
 
 from app.metrics.exposition import Samples
 
-TERMS = ("t", "p", "g", "pp", "gg", "pg", "tp", "tg")
+TERMS = ("t", "p", "g", "pp", "gg", "pg", "tp", "tg", "k")
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,11 @@ class StepFit:
     # concurrency far from these extrapolates the fit.
     batch_mean: float = 0.0
     batch_sd: float = 0.0
+    # Prompt tokens per step that prefilled: b_p rests on these, and where they hardly
+    # varied it also holds each request's fixed overheads (b_p x P then misprices a
+    # reference prompt far from them).
+    prompt_mean: float = 0.0
+    prompt_sd: float = 0.0
 
     def request_seconds(self, prompt_tokens: float, output_tokens: float, inflight: float) -> float:
         return (
@@ -53,10 +63,18 @@ def fit_steps(m: dict[str, float], min_steps: int = 20) -> StepFit | None:
     for keep in (("p", "g"), ("p",), ("g",), ()):
         theta = _solve(m, keep)
         if theta is not None and all(v >= 0 for v in theta.values()):
-            mean = m["g"] / n
-            sd = max(m["gg"] / n - mean * mean, 0.0) ** 0.5
-            return StepFit(theta["1"], theta.get("p", 0.0), theta.get("g", 0.0), n, mean, sd)
+            batch, prompt = _mean_sd(m, "g", n), _mean_sd(m, "p", m.get("k", 0.0))
+            return StepFit(theta["1"], theta.get("p", 0.0), theta.get("g", 0.0), n,
+                           *batch, *prompt)  # fmt: skip
     return None
+
+
+def _mean_sd(m: dict[str, float], x: str, count: float) -> tuple[float, float]:
+    """Mean and spread of x over `count` steps (those where x may be non-zero)."""
+    if count <= 0:
+        return 0.0, 0.0
+    mean = m[x] / count
+    return mean, max(m[x + x] / count - mean * mean, 0.0) ** 0.5
 
 
 def _solve(m: dict[str, float], keep: tuple[str, ...]) -> dict[str, float] | None:
