@@ -126,16 +126,19 @@ class EngineStarter:
             engine.start()
             self.started.append(engine)
         for engine in batch:
-            try:
-                engine.wait_ready(timeout=600)
+            try:  # a guard against a hang (an engine that exits fails at once), not a time
+                engine.wait_ready(timeout=1500)  # limit: busy AVX2 hosts start slowly
             except Exception:
                 print(engine.log_path.read_text()[-5000:])
                 raise
         return {e.settings.served_name: e.settings.url for e in batch}
 
-    def stop(self) -> None:
-        for engine in self.started:
+    def stop(self, names: list[str] | None = None) -> None:
+        """Stop the engines serving `names` (all when None)."""
+        stopping = [e for e in self.started if names is None or e.settings.served_name in names]
+        for engine in stopping:
             engine.stop()
+            self.started.remove(engine)
 
 
 @pytest.fixture(scope="module")

@@ -157,10 +157,22 @@ def test_the_record_scores_the_checkpoint_as_written(variants):
             assert bpb == pytest.approx(recorded, rel=1e-5), (name, text)
 
 
-@pytest.fixture(scope="module")
+def _serving(variants, engines, names: tuple[str, ...]):
+    """vLLM engines for `names`, started together and stopped after the test: at most three
+    real-model engines at once (in float32, as on AVX2-only hosts, each holds about 5.5 GB)."""
+    urls = engines({name: variants.servable_path(name) for name in names})
+    yield urls
+    engines.stop(list(urls))
+
+
+@pytest.fixture
 def served(variants, engines):
-    """vLLM engines for the dense base and every kind of variant, started together."""
-    return engines({name: variants.servable_path(name) for name in (BASE, *JOBS)})
+    yield from _serving(variants, engines, tuple(JOBS))
+
+
+@pytest.fixture
+def served_with_base(variants, engines):
+    yield from _serving(variants, engines, (BASE, "nm-w8a8"))
 
 
 def test_vllm_serves_every_variant_as_evaluated(variants, default_registry, served):
@@ -230,12 +242,15 @@ def test_calibration_file_may_not_hold_evaluation_text(default_registry, tmp_pat
 
 
 def test_gateway_serves_the_real_model_and_a_variant_to_the_openai_client(
-    served, default_registry, start_gateway
+    served_with_base, default_registry, start_gateway
 ):
     import openai
 
     deployment = {
-        "variants": {BASE: {"url": served[BASE]}, "nm-w8a8": {"url": served["nm-w8a8"]}},
+        "variants": {
+            BASE: {"url": served_with_base[BASE]},
+            "nm-w8a8": {"url": served_with_base["nm-w8a8"]},
+        },
         "aliases": {"gemma": {"split": {BASE: 0.5, "nm-w8a8": 0.5}}},
     }
     url = start_gateway(deployment, "--registry", str(default_registry))
