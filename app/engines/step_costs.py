@@ -20,6 +20,7 @@ from prometheus_client import Counter
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from app.engines.ledger import scoring_in_flight
+from app.metrics.equal_work import TERMS  # the sums the fit reads, named once
 
 STEPS = Counter(
     "sparsegate_engine_timed_steps",
@@ -39,7 +40,6 @@ SKIPPED = Counter(
     "(prompt_logprobs) was in flight",
     ["variant"],
 )
-TERMS = ("t", "p", "g", "pp", "gg", "pg", "tp", "tg", "k")
 
 
 class StepCostLogger(StatLoggerBase):

@@ -10,6 +10,7 @@ from app.metrics.equal_work import (
     Mix,
     StepFit,
     dollars_per_million_output_bytes,
+    reference_tokens,
     step_fit,
 )
 from app.metrics.exposition import Samples, histogram_quantile
@@ -176,7 +177,7 @@ def prompt_range(fit: StepFit, mix: Mix, rates: dict[str, float]) -> dict | None
     step prefilled."""
     if not fit.prompt_mean or "output" not in rates:
         return None
-    priced = mix.prompt_bytes * rates.get("prompt", rates["output"])
+    priced, _ = reference_tokens(mix, rates)
     reach = max(2 * fit.prompt_sd, 0.5 * fit.prompt_mean)
     outside = abs(priced - fit.prompt_mean) > reach
     return {"mean": fit.prompt_mean, "sd": fit.prompt_sd, "priced": priced,

@@ -167,14 +167,18 @@ class Mix:
     requests: float
 
 
+def reference_tokens(mix: Mix, tokens_per_byte: dict[str, float]) -> tuple[float, float]:
+    """The reference request's prompt and output in one variant's tokens (its rates must
+    include "output"; the prompt's default to it)."""
+    prompt_rate = tokens_per_byte.get("prompt", tokens_per_byte["output"])
+    return mix.prompt_bytes * prompt_rate, mix.output_bytes * tokens_per_byte["output"]
+
+
 def dollars_per_million_output_bytes(
     fit: StepFit, mix: Mix, tokens_per_byte: dict[str, float], price_per_hour: float
 ) -> float | None:
     """The reference request priced on one variant, per million of its output bytes."""
     if not mix.output_bytes or not price_per_hour or "output" not in tokens_per_byte:
         return None
-    prompt_rate = tokens_per_byte.get("prompt", tokens_per_byte["output"])
-    seconds = fit.request_seconds(
-        mix.prompt_bytes * prompt_rate, mix.output_bytes * tokens_per_byte["output"], mix.inflight
-    )
+    seconds = fit.request_seconds(*reference_tokens(mix, tokens_per_byte), mix.inflight)
     return price_per_hour * seconds / 3600 / mix.output_bytes * 1e6
