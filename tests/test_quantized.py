@@ -1,5 +1,6 @@
 """Quantized tiny-model variants end to end (job, files, vLLM): W4A16 (GPTQ, int4 groups of
-128), and channel pruning + W8A8 in one job (a smaller model whose config vLLM must load)."""
+128), channel pruning + W8A8 in one job (a smaller model whose config vLLM must load), and
+both served in float32 as on CPUs without native bf16 or VNNI."""
 
 import json
 
@@ -32,7 +33,20 @@ def served(tmp_path_factory, tiny_model_dir, engines):
     # float32 activations too (CPUs without native bf16 compute in it): vLLM's int4 op has
     # no float32 path, so the plugin's kernel must take these layers.
     urls |= engines({"tiny-w4a16-f32": reg.servable_path("tiny-w4a16")}, dtype="float32")
+    # As on a CPU without VNNI, whose oneDNN int8 GEMM saturates: the plugin's W8A8 kernel.
+    urls |= engines(
+        {"tiny-w8a8-avx2": reg.servable_path("tiny-ch-w8a8")}, dtype="float32",
+        env={"ONEDNN_MAX_CPU_ISA": "AVX2"},
+    )  # fmt: skip
     return home, reg, urls
+
+
+def _served_as_evaluated(reg, url: str, served_name: str, variant: str) -> None:
+    for text in EVAL_TEXTS:
+        served = served_bits_per_byte(url, served_name, reg.servable_path(variant), text.spans(2))
+        assert served == pytest.approx(reg.get(variant).quality["bpb"][text.key], rel=5e-3), (
+            text.key
+        )
 
 
 def _complete(url: str, model: str) -> httpx.Response:
@@ -56,12 +70,7 @@ def test_w4a16_variant_is_packed_and_served(served):
     # in bf16, tests/test_smollm2.py.)
     r = _complete(urls["tiny-w4a16-f32"], "tiny-w4a16-f32")
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
-    for text in EVAL_TEXTS:
-        served = served_bits_per_byte(
-            urls["tiny-w4a16-f32"], "tiny-w4a16-f32", reg.servable_path("tiny-w4a16"),
-            text.spans(2),
-        )  # fmt: skip
-        assert served == pytest.approx(v.quality["bpb"][text.key], rel=5e-3), text.key
+    _served_as_evaluated(reg, urls["tiny-w4a16-f32"], "tiny-w4a16-f32", "tiny-w4a16")
 
 
 def test_channels_and_w8a8_in_one_job_keep_the_smaller_config(served):
@@ -74,3 +83,12 @@ def test_channels_and_w8a8_in_one_job_keep_the_smaller_config(served):
     assert v.param_count < dense.param_count
     r = _complete(urls["tiny-ch-w8a8"], "tiny-ch-w8a8")
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
+
+
+def test_w8a8_is_served_as_evaluated_where_onednn_int8_saturates(served, engines):
+    """oneDNN capped below VNNI sums int8 byte pairs in saturating 16-bit lanes; the plugin's
+    kernel (app/engines/vllm_int8.py) takes W8A8 layers there, in float32 as evaluated."""
+    _, reg, urls = served
+    log = (engines.logs / "tiny-w8a8-avx2.log").read_text()
+    assert "Selected DequantizedInt8Kernel" in log
+    _served_as_evaluated(reg, urls["tiny-w8a8-avx2"], "tiny-w8a8-avx2", "tiny-ch-w8a8")

@@ -9,7 +9,8 @@ request, taking the engine down. By default the plugin maps that choice to vLLM'
 layers, where most of the time goes, keep oneDNN's AMX. `SPARSEGATE_CPU_ATTENTION=auto`
 leaves vLLM's own choice on hosts where its AMX attention works.
 
-It also gives W4A16 layers a kernel on CPUs without AVX-512 (app/engines/vllm_wna16.py).
+It also gives W4A16 layers a kernel on CPUs without AVX-512 (app/engines/vllm_wna16.py), and
+W8A8 layers one on CPUs where oneDNN's int8 GEMM saturates (app/engines/vllm_int8.py).
 
 This module is imported by vLLM, never by the gateway."""
 
@@ -29,20 +30,21 @@ def register() -> None:
         except Exception as e:  # any failure: vLLM's choice and one warning
             log.warning("sparsegate: CPU attention left to vLLM (%s: %s)", type(e).__name__, e)
     try:
-        _add_int4_fallback()
+        _add_cpu_kernels()
     except Exception as e:
-        log.warning("sparsegate: W4A16 kernels left to vLLM (%s: %s)", type(e).__name__, e)
+        log.warning("sparsegate: quantized kernels left to vLLM (%s: %s)", type(e).__name__, e)
 
 
-def _add_int4_fallback() -> None:
+def _add_cpu_kernels() -> None:
     try:
         from vllm.platforms import current_platform
     except ImportError:
         return
     if current_platform.is_cpu():
-        from app.engines.vllm_wna16 import install
+        from app.engines import vllm_int8, vllm_wna16
 
-        install()
+        vllm_wna16.install()
+        vllm_int8.install()
 
 
 def _map_amx_to_vec() -> None:
