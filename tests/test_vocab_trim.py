@@ -254,3 +254,19 @@ def test_a_trimmed_tokenizer_that_cannot_read_the_text_back_is_refused(tiny_mode
     lossy = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>")
     with pytest.raises(SparsegateError, match=r"does not read the evaluation text back whole \(7"):
         text_figures(original, lossy, plan, text)
+
+
+@pytest.mark.parametrize("key", ["pydoc", "news"])
+def test_an_evaluation_text_anywhere_in_a_corpus_is_found(key):
+    """Mid-line, across lines, or after short lines: the disjointness check searches only
+    lines as long as a probe for probes without a line break, and must miss none."""
+    from app.errors import SparsegateError
+    from app.job.vocab_corpus import MiningCorpus, check_disjoint
+    from app.texts.evaluation import EVAL_TEXTS
+
+    text = {t.key: t for t in EVAL_TEXTS}[key]
+    for doc in text.documents()[:40]:
+        for wrap in ("prefix {} suffix", "a\nb\n{}", "short\n" * 3 + "x = '{}'\nend"):
+            with pytest.raises(SparsegateError, match=f"contains the {key} evaluation"):
+                check_disjoint(MiningCorpus(wrap.format(doc), "test", 1))
+    check_disjoint(MiningCorpus("prefix " + text.documents()[0][:100] + " suffix", "test", 1))
