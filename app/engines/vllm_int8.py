@@ -10,8 +10,9 @@ evaluated (on such a host, in CI).
 
 Where a probe shows that loss, this kernel takes the layer: the same dynamic per-token
 activation quantization as vLLM's (its own op), then a float matmul on weights dequantized
-once at load (int8 x per-channel scale). The file on disk stays int8; memory and speed are
-the dense model's. Where oneDNN is exact (VNNI, AMX) it declines and vLLM's kernel serves.
+once at load (int8 x per-channel scale). The file on disk stays int8; memory is the dense
+model's, and so is the matmul. Where oneDNN is exact (VNNI, AMX) it declines and vLLM's
+kernel serves.
 
 This module is imported by vLLM's processes through the plugin, never by the gateway."""
 
