@@ -19,6 +19,7 @@ This module is imported by vLLM's processes through the plugin, never by the gat
 import functools
 
 import torch
+from vllm import _custom_ops as ops
 from vllm.model_executor.kernels.linear.scaled_mm.cpu import CPUInt8ScaledMMLinearKernel
 from vllm.model_executor.kernels.linear.scaled_mm.ScaledMMLinearKernel import (
     Int8ScaledMMLinearLayerConfig,
@@ -31,8 +32,6 @@ from vllm.model_executor.layers.quantization.utils.w8a8_utils import convert_to_
 def onednn_int8_saturates() -> bool:
     """Whether vLLM's oneDNN int8 GEMM gets 127 x 127 x 64 wrong here: every byte pair's
     sum (255 x 127 x 2 once oneDNN shifts s8 activations to u8) overflows 16 bits."""
-    from vllm import _custom_ops as ops
-
     k, n = 64, 16
     # The handler reads these tensors' memory when it runs: they must outlive it.
     # Explicit dtypes: vLLM's worker runs this with the model's dtype as torch's default.
@@ -74,8 +73,6 @@ class DequantizedInt8Kernel(CPUInt8ScaledMMLinearKernel):
     def apply_weights(
         self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None
     ) -> torch.Tensor:
-        from vllm import _custom_ops as ops
-
         weight = getattr(layer, self.layer_param_names[0])
         shape = x.shape
         x_q, x_s, _ = ops.onednn_scaled_int8_quant(x.reshape(-1, shape[-1]), None, None, True)
@@ -84,13 +81,3 @@ class DequantizedInt8Kernel(CPUInt8ScaledMMLinearKernel):
         if bias is not None:
             out.add_(bias)
         return out.reshape(*shape[:-1], out.shape[-1])
-
-
-def install() -> None:
-    """Put the kernel ahead of vLLM's CPU int8 kernels; it declines wherever they are exact."""
-    from vllm.model_executor.kernels.linear import _POSSIBLE_INT8_KERNELS
-    from vllm.platforms import PlatformEnum
-
-    kernels = _POSSIBLE_INT8_KERNELS.setdefault(PlatformEnum.CPU, [])
-    if not any(k.__name__ == DequantizedInt8Kernel.__name__ for k in kernels):
-        kernels.insert(0, DequantizedInt8Kernel)

@@ -41,10 +41,23 @@ def _add_cpu_kernels() -> None:
     except ImportError:
         return
     if current_platform.is_cpu():
-        from app.engines import vllm_int8, vllm_wna16
+        from vllm.model_executor.kernels.linear import _POSSIBLE_INT8_KERNELS, _POSSIBLE_KERNELS
 
-        vllm_wna16.install()
-        vllm_int8.install()
+        from app.engines.vllm_int8 import DequantizedInt8Kernel
+        from app.engines.vllm_wna16 import DequantizedWNA16Kernel
+
+        _put_first(_POSSIBLE_KERNELS, DequantizedWNA16Kernel)
+        _put_first(_POSSIBLE_INT8_KERNELS, DequantizedInt8Kernel)
+
+
+def _put_first(table: dict, kernel: type) -> None:
+    """Ahead of vLLM's own CPU kernels in its choice `table`: the kernel declines wherever
+    vLLM's serve as evaluated. Once, though vLLM may load plugins more than once."""
+    from vllm.platforms import PlatformEnum
+
+    kernels = table.setdefault(PlatformEnum.CPU, [])
+    if not any(k.__name__ == kernel.__name__ for k in kernels):
+        kernels.insert(0, kernel)
 
 
 def _map_amx_to_vec() -> None:

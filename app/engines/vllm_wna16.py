@@ -83,13 +83,3 @@ class DequantizedWNA16Kernel(MPLinearKernel):
         self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None
     ) -> torch.Tensor:
         return torch.nn.functional.linear(x, getattr(layer, self.w_q_name), bias)
-
-
-def install() -> None:
-    """Put the kernel ahead of vLLM's CPU int4 kernel; it declines wherever that one works."""
-    from vllm.model_executor.kernels.linear import _POSSIBLE_KERNELS
-    from vllm.platforms import PlatformEnum
-
-    kernels = _POSSIBLE_KERNELS.setdefault(PlatformEnum.CPU, [])
-    if not any(k.__name__ == DequantizedWNA16Kernel.__name__ for k in kernels):
-        kernels.insert(0, DequantizedWNA16Kernel)
