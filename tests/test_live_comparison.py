@@ -17,13 +17,14 @@ from tests.conftest import ROOT, free_port, metric, run_cli, wait_for
 
 LONG = " ".join(f"the value of item {i} is returned by the call" for i in range(6))
 SHORT = "The for statement"
+PROBE_EVERY = 2  # a cost probe round per this many requests on an engine
 
 
 def ledger(url: str) -> dict[str, float]:
     """An engine's own books: busy seconds and charges by account and outcome."""
     out = {"busy": metric(url, "sparsegate_engine_busy_seconds_total")}
     out["charged"] = metric(url, "sparsegate_engine_charged_seconds_total")
-    for account in ("user", "shadow", "quality", "direct"):
+    for account in ("user", "shadow", "quality", "probe", "direct"):
         out[account] = metric(url, "sparsegate_engine_charged_seconds_total", account=account)
     for outcome in ("ok", "invalid", "cancelled", "error"):
         out[outcome] = metric(
@@ -216,13 +217,20 @@ def test_equal_work_prices_the_gateways_mean_request_on_every_variant(
             send(url, [{**body, "model": served[name]}] * 4)
     variants = {n: {"url": u, "served_name": served[n], "price_per_hour": 1.0}
                 for n, u in twins.items()}  # fmt: skip
-    gateway = start_gateway({"variants": variants})
+    booked = {n: ledger(u)["probe"] for n, u in twins.items()}
+    gateway = start_gateway({"variants": variants, "gateway": {"cost_probe_every": PROBE_EVERY}})
     # Long prompts with short answers at concurrency 2 on one, short prompts with long
     # answers at concurrency 5 on the other.
     sent = {
         "twin-a": asyncio.run(_completions(gateway, [{**long_short, "model": "twin-a"}] * 30, 2)),
         "twin-b": asyncio.run(_completions(gateway, [{**short_long, "model": "twin-b"}] * 30, 5)),
     }
+    for name, url in twins.items():  # every round ended (one each PROBE_EVERY requests)
+        wait_for(lambda n=name: _probe_rounds(gateway, n) == 30 // PROBE_EVERY, timeout=120,
+                 what=f"{name}'s cost probes")  # fmt: skip
+        assert metric(gateway, "sparsegate_cost_probes_total", variant=name, outcome="sent") > 0
+        quiet(url)
+        assert ledger(url)["probe"] > booked[name]  # charged to their own account
     compared = httpx.get(f"{gateway}/v1/variants/compare").json()
     rows = {r["variant"]: r for r in compared["data"]}
     prompts = {"twin-a": LONG, "twin-b": SHORT}
@@ -232,16 +240,25 @@ def test_equal_work_prices_the_gateways_mean_request_on_every_variant(
         sum(30 * len(prompts[n].encode()) for n in sent) / 60
     )
     assert mix["output_bytes"] == pytest.approx(sum(map(sum, out_bytes.values())) / 60)
+    usage = {n: [a["usage"] for a in sent[n]] for n in sent}
+    # One tokenizer: both are priced at the tokens per byte of all the traffic's texts.
+    shared = {
+        "prompt": sum(u["prompt_tokens"] for n in sent for u in usage[n])
+        / sum(30 * len(prompts[n].encode()) for n in sent),
+        "output": sum(u["completion_tokens"] for n in sent for u in usage[n])
+        / sum(map(sum, out_bytes.values())),
+    }
     for name, row in rows.items():
-        usage = [a["usage"] for a in sent[name]]
-        rates = row["tokens_per_byte"]
-        assert rates["prompt"] == pytest.approx(
-            sum(u["prompt_tokens"] for u in usage) / (30 * len(prompts[name].encode()))
+        own = row["tokens_per_byte"]
+        assert own["prompt"] == pytest.approx(
+            sum(u["prompt_tokens"] for u in usage[name]) / (30 * len(prompts[name].encode()))
         )
-        assert rates["output"] == pytest.approx(
-            sum(u["completion_tokens"] for u in usage) / sum(out_bytes[name])
+        assert own["output"] == pytest.approx(
+            sum(u["completion_tokens"] for u in usage[name]) / sum(out_bytes[name])
         )
-        assert row["pricing_tokens_per_byte"] == rates  # no live quality: its own traffic
+        rates = row["pricing_tokens_per_byte"]
+        assert rates == pytest.approx(shared)
+        assert row["tokens_per_byte_source"] == "traffic of its tokenizer"
         fit = row["step_cost_s"]
         assert fit["steps"] >= 20 and min(fit["fixed"], fit["per_prompt_token"]) >= 0
         prompt_tokens, output_tokens = (
@@ -250,6 +267,7 @@ def test_equal_work_prices_the_gateways_mean_request_on_every_variant(
         )
         seconds = (
             output_tokens * fit["fixed"] / max(mix["inflight"], 1)
+            + fit["per_request"]
             + fit["per_prompt_token"] * prompt_tokens
             + fit["per_output_token"] * output_tokens
         )
@@ -266,6 +284,11 @@ def test_equal_work_prices_the_gateways_mean_request_on_every_variant(
               f"{a['step_prompt']} {b['step_prompt']}")  # fmt: skip
 
 
+def _probe_rounds(gateway: str, variant: str) -> float:
+    return sum(metric(gateway, "sparsegate_cost_probes_total", variant=variant, outcome=o)
+               for o in ("sent", "skipped", "failed"))  # fmt: skip
+
+
 def _prices_a_workload_given_in_the_query(gateway: str) -> None:
     """A benchmark's load priced on the same live fits; a workload given in part or out of
     range is refused in OpenAI's format."""
@@ -276,8 +299,8 @@ def _prices_a_workload_given_in_the_query(gateway: str) -> None:
     for row in priced["data"]:
         fit, rates = row["step_cost_s"], row["pricing_tokens_per_byte"]
         out_tokens = 90.0 * rates["output"]
-        seconds = (out_tokens * fit["fixed"] / 3.0 + fit["per_prompt_token"] * 400.0
-                   * rates["prompt"] + fit["per_output_token"] * out_tokens)  # fmt: skip
+        seconds = (out_tokens * fit["fixed"] / 3.0 + fit["per_request"] + fit["per_prompt_token"]
+                   * 400.0 * rates["prompt"] + fit["per_output_token"] * out_tokens)  # fmt: skip
         assert row["equal_work_dollars_per_million_bytes"] == pytest.approx(
             seconds / 3600 / 90.0 * 1e6
         )
@@ -360,7 +383,7 @@ def test_live_quality_in_bits_per_byte(tiny_engines, damaged, start_gateway, cap
         assert row["live_tokens_ratio"] == 1.0
         assert row["tokens_per_byte_source"] == "ref x same-text ratio"
         assert row["pricing_tokens_per_byte"] == rows["ref"]["tokens_per_byte"]
-    assert rows["refuses"]["tokens_per_byte_source"] == "own traffic"
+    assert rows["refuses"]["tokens_per_byte_source"] == "traffic of its tokenizer"
     # An engine that refuses the scoring request: failed samples, a log line, nothing else.
     assert rows["refuses"]["live_bpb_failed"] > 0 and rows["refuses"]["live_bpb_samples"] == 0
     log = start_gateway.logs[gateway].read_text()

@@ -106,6 +106,36 @@ def test_step_fit_folds_a_constant_batch_into_the_fixed_cost():
     assert fit_steps({**sums, "n": 5}) is None  # too few steps to fit
 
 
+def test_step_fit_splits_a_prefill_into_its_request_and_its_tokens_where_prompts_vary():
+    """Prompts of three sizes (as cost probes add to traffic of one size): the cost per
+    request and per prompt token come apart, and a prompt of another size is priced right.
+    Prompts of one size: r is left out and b_p carries the request's cost, as before."""
+    import random
+
+    from app.metrics.equal_work import TERMS, fit_steps
+
+    def sums(sizes: list[int]) -> dict[str, float]:
+        rng, out = random.Random(2), dict.fromkeys((*TERMS, "n"), 0.0)
+        for i in range(300):
+            r = 1 if i % 3 == 0 else 0
+            p, g = r * sizes[i // 3 % len(sizes)], 1 + i % 5
+            t = 0.002 + 5e-3 * r + 1e-5 * p + 2e-4 * g + rng.gauss(0, 1e-5)
+            values = {"n": 1, "t": t, "p": p, "g": g, "k": p > 0, "r": r}
+            for term in TERMS[3:8] + TERMS[10:]:  # products of two
+                values[term] = values[term[0]] * values[term[1]]
+            for key, v in values.items():
+                out[key] += v
+        return out
+
+    fit = fit_steps(sums([8, 64, 256]))
+    assert fit.b_r == pytest.approx(5e-3, rel=0.02) and fit.b_p == pytest.approx(1e-5, rel=0.05)
+    assert fit.request_seconds(400, 10, 2) == pytest.approx(
+        10 * 0.002 / 2 + 5e-3 + 400 * 1e-5 + 10 * 2e-4, rel=0.02
+    )
+    one_size = fit_steps(sums([8]))
+    assert one_size.b_r == 0 and one_size.b_p == pytest.approx((5e-3 + 8e-5) / 8, rel=0.02)
+
+
 def test_a_reference_prompt_far_from_the_prefills_the_fit_rests_on_is_flagged():
     """Every prefill 8 tokens: b_p cannot tell per token from per request, so pricing a
     40-token prompt on it is flagged; 10 tokens is within the range."""

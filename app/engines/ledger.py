@@ -8,8 +8,8 @@ with at least one request in flight) exactly, by the same processor-sharing rule
 `app.metrics.cost.SharingClock`.
 
 A request is charged to the account a gateway names in `x-sparsegate-account` (user traffic,
-shadow copies, quality scoring; "direct" when none is named) and to the outcome it had:
-`ok`, `invalid` (4xx), `error` (5xx or an exception), `cancelled` (the client left before
+shadow copies, quality scoring, cost probes; "direct" when none is named) and to the outcome
+it had: `ok`, `invalid` (4xx), `error` (5xx or an exception), `cancelled` (the client left before
 the answer ended: a gateway timeout or a user who went away). Dollars are seconds x the
 price the gateway's deployment file gives (`sparsegate_engine_price_dollars_per_hour`).
 
@@ -30,7 +30,7 @@ from app.metrics.cost import SharingClock
 
 ACCOUNT_HEADER = b"x-sparsegate-account"
 ALIAS_HEADER = b"x-sparsegate-alias"
-ACCOUNTS = ("user", "shadow", "quality")
+ACCOUNTS = ("user", "shadow", "quality", "probe")
 _ALIAS = re.compile(rb"[A-Za-z0-9._:/-]{1,64}")
 GENERATE_PATHS = ("/v1/completions", "/v1/chat/completions")
 OK, INVALID, ERROR, CANCELLED = "ok", "invalid", "error", "cancelled"

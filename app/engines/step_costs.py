@@ -2,11 +2,12 @@
 `vllm.stat_logger_plugins`), loaded by vLLM into its API server in the serve environment.
 
 Each engine step runs a batch: some prompt tokens being prefilled (p, those not read from
-the prefix cache) and some sequences each generating a token (g). Its time is modelled as
-t = a + b_p p + b_g g, the linear step-time model of LLM serving simulators (a fixed cost
-per step, then a cost per token of each kind). The plugin times every step in which some
-sequence decodes, and keeps the sums that least squares needs (n, Σp, Σg, Σpp, Σgg, Σpg,
-Σt, Σtp, Σtg) as Prometheus counters: sums merge by adding and any window is a
+the prefix cache) for r requests whose prefill ends in the step, and some sequences each
+generating a token (g). Its time is modelled as t = a + b_r r + b_p p + b_g g, the linear
+step-time model of LLM serving simulators (a fixed cost per step, then a cost per request
+and per token of each kind). The plugin times every step in which some sequence decodes,
+and keeps the sums that least squares needs (n, the sums of t, r, p, g and of their
+products) as Prometheus counters: sums merge by adding and any window is a
 difference, so whoever reads them (the gateway's compare view) fits the model on the
 window it wants (`app.metrics.equal_work`), and equal work is priced from the fit on every
 variant.
@@ -29,9 +30,10 @@ STEPS = Counter(
 )
 MOMENTS = Counter(
     "sparsegate_engine_step_moments",
-    "Sums over timed steps of t (seconds), p (prompt tokens), g (generated tokens) and their "
-    "products (term: t, p, g, pp, gg, pg, tp, tg): least squares' sufficient statistics; "
-    "k counts the steps that prefilled (p > 0)",
+    "Sums over timed steps of t (seconds), r (requests whose prefill ended), p (prompt "
+    "tokens), g (generated tokens) and their products (term: t, r, p, g, rr, pp, gg, rp, rg, "
+    "pg, tr, tp, tg): least squares' sufficient statistics; k counts the steps that "
+    "prefilled (p > 0)",
     ["variant", "term"],
 )
 SKIPPED = Counter(
@@ -63,13 +65,16 @@ class StepCostLogger(StatLoggerBase):
         # Prompt tokens computed in this step: vLLM's num_prompt_tokens also counts those
         # read from the prefix cache, which cost the step nothing.
         computed = iteration_stats.prompt_token_stats.computed
-        self.add(min(gaps), computed, iteration_stats.num_generation_tokens)
+        # Requests whose prefill ended in this step: each had its first token in it.
+        ended = len(iteration_stats.time_to_first_tokens_iter)
+        self.add(min(gaps), computed, iteration_stats.num_generation_tokens, ended)
 
-    def add(self, t: float, p: int, g: int) -> None:
+    def add(self, t: float, p: int, g: int, r: int = 0) -> None:
         self._steps.inc()
         for term, value in (("t", t), ("p", p), ("g", g), ("pp", p * p), ("gg", g * g),
-                            ("pg", p * g), ("tp", t * p), ("tg", t * g),
-                            ("k", 1 if p else 0)):  # fmt: skip
+                            ("pg", p * g), ("tp", t * p), ("tg", t * g), ("k", 1 if p else 0),
+                            ("r", r), ("rr", r * r), ("rp", r * p), ("rg", r * g),
+                            ("tr", t * r)):  # fmt: skip
             self._moments[term].inc(value)
 
     def log_engine_initialized(self) -> None:

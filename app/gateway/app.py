@@ -63,7 +63,7 @@ def create_app(deployment: Deployment, registry_home: Path | None = None) -> Fas
         # As the aliases are routed now (a rollout may have moved them).
         references = {a: p.reference for a, p in quality_plans(gateway.deployment).items()}
         return compare(list(deployment.variants), read_samples(), facts, read, prices, workload,
-                       references)  # fmt: skip
+                       references, books.tokenizers)  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):

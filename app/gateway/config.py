@@ -107,6 +107,9 @@ class GatewayConfig(_Strict):
     max_logprobs: int = Field(default=20, ge=0)  # logprobs, top_logprobs, prompt_logprobs
     max_prompts: int = Field(default=16, ge=1)  # prompts in one /v1/completions list
     request_timeout_s: float = Field(default=120.0, gt=0)
+    # One cost probe round per this many requests a gateway process completes on an
+    # engine (app/gateway/cost_probes.py); 0: none.
+    cost_probe_every: int = Field(default=0, ge=0)
     api_keys_sha256: list[str] = Field(default_factory=list)  # each opens every route
     # Digests with scopes (app/tenants/keys.py), e.g. a Secret or volume that `sparsegate
     # keys init` filled; read once at start-up.

@@ -10,6 +10,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from app.gateway import accounting as acc
 from app.gateway.config import Deployment
+from app.gateway.cost_probes import CostProbes
 from app.gateway.errors import GatewayError
 from app.gateway.protocol import CompletionLike
 from app.gateway.quality import QualitySampler
@@ -49,6 +50,7 @@ class Gateway:
             for name, cfg in deployment.variants.items()
         }
         self.quality = QualitySampler(deployment, self.engines)
+        self.probes = CostProbes(self.engines, deployment.gateway.cost_probe_every)
         self._evidence = None  # a live rollout's evidence (app/gateway/rollout_sync.py)
 
     @property
@@ -69,7 +71,7 @@ class Gateway:
         self.quality.retarget(self.deployment)
 
     async def close(self) -> None:
-        await asyncio.gather(self.shadow.drain(), self.quality.drain())
+        await asyncio.gather(self.shadow.drain(), self.quality.drain(), self.probes.drain())
         await asyncio.gather(*(e.close() for e in self.engines.values()))
 
     async def ready(self) -> dict[str, bool]:
@@ -281,6 +283,8 @@ class _Done:
             tokens = (usage or {}).get("completion_tokens") or 0
             evidence.request(self.alias, self.engine.name, outcome != acc.OK, self.timings,
                              tokens)  # fmt: skip
+        if outcome == acc.OK:
+            self.gateway.probes.served(self.engine.name)
         if outcome != acc.OK or not self.alias or text is None:
             return
         target = self.gateway.router.shadow_for(self.alias)

@@ -110,29 +110,47 @@ def reference_mix(samples: Samples, books: dict) -> Mix:
     )
 
 
-def own_rates(name: str, samples: Samples) -> dict[str, float]:
-    """Tokens per byte of the texts this variant served (prompt, output), in its tokenizer."""
+def own_rates(names: list[str], samples: Samples) -> dict[str, float]:
+    """Tokens per byte of the texts these variants served (prompt, output), in their
+    (shared) tokenizer."""
     rates = {}
     for part in ("prompt", "output"):
-        n_bytes = samples.sum("sparsegate_text_bytes_total", variant=name, part=part)
+        n_bytes = sum(samples.sum("sparsegate_text_bytes_total", variant=n, part=part)
+                      for n in names)  # fmt: skip
         if n_bytes:
-            tokens = samples.sum("sparsegate_text_tokens_total", variant=name, part=part)
+            tokens = sum(samples.sum("sparsegate_text_tokens_total", variant=n, part=part)
+                         for n in names)  # fmt: skip
             rates[part] = tokens / n_bytes
     return rates
+
+
+def tokenizer_rates(
+    variants: list[str], samples: Samples, tokenizers: dict[str, str]
+) -> dict[str, dict[str, float]]:
+    """Each variant's tokens per byte on the traffic of every variant with its tokenizer:
+    tokens per byte belong to a tokenizer and a text, so variants that share a tokenizer
+    are priced on their traffic's texts together, not each on the texts it happened to
+    get (identical engines, one given long prompts and the other chat, read 0.8-0.9x)."""
+    out = {}
+    for v in variants:
+        mark = tokenizers.get(v)
+        out[v] = own_rates([n for n in variants if mark and tokenizers.get(n) == mark] or [v],
+                           samples)  # fmt: skip
+    return out
 
 
 def pricing_rates(
     row: dict, own: dict[str, dict[str, float]], references: dict[str, str]
 ) -> tuple[dict[str, float], str]:
     """Tokens per byte to price the reference request with, and where they come from. A
-    candidate that live quality scores: its alias reference's rates on its own traffic x
-    the candidate's tokens over the reference's on the same sampled texts (what a variant
-    writes is not the text it is priced on: a degenerate one would look cheap). Otherwise
-    the variant's own traffic."""
+    candidate that live quality scores: its alias reference's rates (`own`: on the traffic
+    of the reference's tokenizer) x the candidate's tokens over the reference's on the same
+    sampled texts (what a variant writes is not the text it is priced on: a degenerate one
+    would look cheap). Otherwise its rates on the traffic of its tokenizer."""
     ref, ratio = references.get(row.get("live_bpb_alias") or ""), row.get("live_tokens_ratio")
     if ref and ratio and "output" in own.get(ref, {}):
         return {part: rate * ratio for part, rate in own[ref].items()}, f"{ref} x same-text ratio"
-    return own[row["variant"]], "own traffic"
+    return own[row["variant"]], "traffic of its tokenizer"
 
 
 def cost_figures(totals: dict | None, out_bytes: float, mix: Mix, price: float, rates: dict):
@@ -150,8 +168,8 @@ def cost_figures(totals: dict | None, out_bytes: float, mix: Mix, price: float, 
             price * user_s / 3600 / out_bytes * 1e6 if price and out_bytes and user_s else None
         ),
         "step_cost_s": (
-            {"fixed": fit.a, "per_prompt_token": fit.b_p, "per_output_token": fit.b_g,
-             "steps": fit.steps} if fit else None
+            {"fixed": fit.a, "per_request": fit.b_r, "per_prompt_token": fit.b_p,
+             "per_output_token": fit.b_g, "steps": fit.steps} if fit else None
         ),
         "step_batch": batch_range(fit, mix.inflight) if fit else None,
         "step_prompt": prompt_range(fit, mix, rates) if fit else None,
@@ -192,15 +210,17 @@ def compare(
     prices: dict[str, float] | None = None,
     workload: Mix | None = None,
     references: dict[str, str] | None = None,
+    tokenizers: dict[str, str] | None = None,
 ) -> dict:
     """The rows, with equal work priced at the traffic's mean request or at `workload`
     (`references`: each live-quality alias's reference variant)."""
     books, prices = books or {}, prices or {}
     mix = workload or reference_mix(samples, books)
     rows = {v: variant_figures(v, samples, facts.get(v)) for v in variants}
-    own = {v: own_rates(v, samples) for v in variants}
+    own = {v: own_rates([v], samples) for v in variants}
+    shared = tokenizer_rates(variants, samples, tokenizers or {})
     for v, row in rows.items():
-        rates, source = pricing_rates(row, own, references or {})
+        rates, source = pricing_rates(row, shared, references or {})
         row.update(
             tokens_per_byte=own[v], pricing_tokens_per_byte=rates, tokens_per_byte_source=source
         )

@@ -127,6 +127,13 @@ QUALITY_SAMPLES = Counter(
     "by outcome (scored, failed, skipped: engines saturated or scoring at its bound)",
     ["alias", "variant", "outcome"],
 )
+COST_PROBES = Counter(
+    "sparsegate_cost_probes",
+    "Cost probe rounds (a carrier and a prompt of varied size, charged to the engine's probe "
+    "account) that let the step-cost fit split a prefill's cost per request and per token, "
+    "by outcome (sent, skipped: a round in flight or the engine at max_inflight, failed)",
+    ["variant", "outcome"],
+)
 QUALITY_PENDING = Gauge(
     "sparsegate_quality_pending",
     "Live quality: sampled texts waiting for or under scoring",

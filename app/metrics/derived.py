@@ -24,7 +24,8 @@ class _Derived:
         )
         step = GaugeMetricFamily(
             "sparsegate_step_cost_seconds",
-            "Each engine's fitted step time: fixed per step, per prompt token, per output token",
+            "Each engine's fitted step time: fixed per step, per request prefilled, per prompt "
+            "token, per output token",
             labels=["variant", "part"],
         )
         live = GaugeMetricFamily(

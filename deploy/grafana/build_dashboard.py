@@ -90,7 +90,8 @@ PANELS = [
      [("max by (variant) (sparsegate_equal_work_cost_ratio)", "{{variant}}")]),
     ("Dollars per million output bytes, raw (own traffic's charges over own output)",
      "currencyUSD", [(RAW_PER_MBYTE, "{{variant}}")]),
-    ("Engine step time fit (fixed per step, per prompt token, per output token)", "s",
+    ("Engine step time fit (fixed per step, per request, per prompt token, per output token)",
+     "s",
      [("max by (variant, part) (sparsegate_step_cost_seconds)", "{{variant}} {{part}}")]),
     ("Machine dollars per million tokens (idle time included)", "currencyUSD",
      [("sum by (variant) (sparsegate_engine_price_dollars_per_hour) / 3600 / "

@@ -1,0 +1,119 @@
+"""Cost probes: requests of known, varied shape that let each engine's step-cost fit tell
+a cost per prompt token from a cost per request.
+
+An engine whose traffic has prompts of one size computes the same prompt tokens in every
+prefill, so its fit (app/metrics/equal_work.py) cannot split a prefill's cost into a part
+per request and a part per token, and priced on a reference prompt of another size it
+errs: on identical tiny engines, one given short prompts priced a longer one at 0.1-0.65x
+the other's figure. A probe round varies the prompt size on the engine: a carrier (a short
+prompt, `CARRIER_TOKENS` generated) streams first; once it decodes, a probe prompt of
+`PROBE_WORDS[i]` words (cycled) is sent, so that its prefill runs in a step where a
+sequence decodes: the steps the fit times (app/engines/step_costs.py).
+
+One round is sent for every `cost_probe_every` requests a gateway process has completed
+on an engine, at most one at a time per engine, and none while the engine is at its
+`max_inflight`: the probes cost a fixed share of the traffic and nothing on an idle
+engine. Both requests are charged to the engine ledger's `probe` account, never to a user.
+Each prompt opens with a fresh random number, so the prefix cache never serves it (the fit
+counts only the prompt tokens a step computed).
+"""
+
+import asyncio
+import logging
+import random
+
+import aiohttp
+
+from app.gateway.errors import GatewayError
+from app.gateway.upstream import (
+    Engine,
+    EngineUnavailable,
+    StreamBroken,
+    StreamTimeout,
+    Timings,
+    relay_sse,
+    send,
+)
+from app.metrics import definitions as m
+
+log = logging.getLogger("sparsegate.probes")
+PROBE_WORDS = (8, 64, 256)
+CARRIER_TOKENS = 32
+PROBE_TOKENS = 4
+SENT, SKIPPED, FAILED = "sent", "skipped", "failed"
+# Plain words that every tokenizer reads as a few tokens each.
+_TEXT = "the cost of each step is measured while other requests decode and kept as sums"
+_FAILURES = (aiohttp.ClientError, TimeoutError, ValueError, EngineUnavailable, GatewayError,
+             StreamBroken, StreamTimeout, StopAsyncIteration)  # fmt: skip
+
+
+def prompt(words: int, rng: random.Random) -> str:
+    text = _TEXT.split()
+    body = (text * (words // len(text) + 1))[: max(words - 1, 0)]
+    return " ".join([str(rng.randrange(10**9)), *body])
+
+
+class CostProbes:
+    def __init__(self, engines: dict[str, Engine], every: int, rng=None) -> None:
+        self.engines, self.every = engines, every
+        self.rng = rng or random.Random()
+        self._served = dict.fromkeys(engines, 0)
+        self._rounds = dict.fromkeys(engines, 0)
+        self._tasks: dict[str, asyncio.Task] = {}
+        for name in engines:
+            for outcome in (SENT, SKIPPED, FAILED):
+                m.COST_PROBES.labels(name, outcome)
+
+    def served(self, name: str) -> None:
+        """A request on the engine completed: every `every`-th starts a round."""
+        if not self.every or name not in self._served:
+            return
+        self._served[name] += 1
+        if self._served[name] % self.every:
+            return
+        engine = self.engines[name]
+        if name in self._tasks or engine.inflight + 2 > engine.config.max_inflight:
+            m.COST_PROBES.labels(name, SKIPPED).inc()
+            return
+        words = PROBE_WORDS[self._rounds[name] % len(PROBE_WORDS)]
+        self._rounds[name] += 1
+        task = asyncio.create_task(self._round(engine, words))
+        self._tasks[name] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(name, None))
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks.values()), timeout=30)
+
+    async def _round(self, engine: Engine, words: int) -> None:
+        model = engine.config.served_name or engine.name
+        carrier = {"model": model, "prompt": prompt(4, self.rng), "max_tokens": CARRIER_TOKENS,
+                   "ignore_eos": True, "temperature": 0, "stream": True}  # fmt: skip
+        probe = {"model": model, "prompt": prompt(words, self.rng), "max_tokens": PROBE_TOKENS,
+                 "ignore_eos": True, "temperature": 0}  # fmt: skip
+        engine.enter()
+        engine.enter()
+        try:
+            response = await send(engine, "/v1/completions", carrier, stream=True,
+                                  account="probe")  # fmt: skip
+            try:
+                if response.status != 200:
+                    raise ValueError(f"the carrier was answered {response.status}")
+                events = relay_sse(response, client_wants_usage=False, timings=Timings(),
+                                   usage={}, text=None)  # fmt: skip
+                await anext(events)  # the carrier decodes from here on
+                answer = await send(engine, "/v1/completions", probe, stream=False,
+                                    account="probe")  # fmt: skip
+                async for _ in events:
+                    pass
+            finally:
+                response.release()
+            if answer.status != 200:
+                raise ValueError(f"the probe was answered {answer.status}")
+            m.COST_PROBES.labels(engine.name, SENT).inc()
+        except _FAILURES as e:
+            log.warning("cost probe on %s failed: %s", engine.name, e)
+            m.COST_PROBES.labels(engine.name, FAILED).inc()
+        finally:
+            engine.leave()
+            engine.leave()
