@@ -65,8 +65,7 @@ format=()
 # `RUN --mount` (the default since Docker 23).
 [ "$ENGINE" = podman ] && format=(--format docker)
 export DOCKER_BUILDKIT=1
-build() {  # one target; its log's last lines on failure
-  local target=$1 t log size
+for target in $targets; do
   t=$(date +%s)
   log=$(mktemp)
   # The label lets a cleanup remove our old images, and only ours.
@@ -75,19 +74,9 @@ build() {  # one target; its log's last lines on failure
     tail -n 30 "$log" >&2
     echo "sparsegate images: building $target failed (last lines above)" >&2
     rm -f "$log"
-    return 1
+    exit 1
   fi
   rm -f "$log"
   size=$($ENGINE image inspect -f '{{.Size}}' "sparsegate-$target:latest")
   step "sparsegate-$target ($(( size / 1000000 )) MB)" "$t"
-}
-# All at once: each build is mostly one process unpacking wheels and writing layers, so
-# side by side they use the cores a sequence of them leaves idle (the targets share only
-# the small base stage).
-t=$(date +%s)
-pids=()
-for target in $targets; do build "$target" & pids+=($!); done
-failed=0
-for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
-[ "$failed" = 0 ] || exit 1
-step "all images" "$t"
+done

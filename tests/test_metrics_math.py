@@ -176,3 +176,21 @@ def test_paired_ratio_interval_covers_the_true_ratio():
         low, high = PairedSums.of(pairs).interval()
         covered += low <= 1.05 <= high
     assert 0.90 <= covered / 400 <= 0.98
+
+
+def test_tokens_per_byte_are_pooled_over_the_variants_of_one_tokenizer_only():
+    from app.metrics.compare import tokenizer_rates
+    from app.metrics.exposition import Samples
+
+    samples = Samples()
+    traffic = {"a": (100, 400), "b": (300, 600), "trimmed": (90, 300), "unknown": (10, 50)}
+    for variant, (tokens, n_bytes) in traffic.items():
+        for part in ("prompt", "output"):
+            labels = {"variant": variant, "part": part}
+            samples.add("sparsegate_text_tokens_total", labels, tokens)
+            samples.add("sparsegate_text_bytes_total", labels, n_bytes)
+    marks = {"a": "t1", "b": "t1", "trimmed": "t2"}  # "unknown": its engine did not say
+    rates = tokenizer_rates(list(traffic), samples, marks)
+    assert rates["a"] == rates["b"] == {"prompt": 0.4, "output": 0.4}  # 400 / 1000
+    assert rates["trimmed"] == {"prompt": 0.3, "output": 0.3}
+    assert rates["unknown"] == {"prompt": 0.2, "output": 0.2}

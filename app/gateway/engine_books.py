@@ -46,7 +46,8 @@ class EngineBooks:
     async def _fingerprint(self, engine: Engine) -> None:
         body = {"model": engine.config.served_name or engine.name, "prompt": FINGERPRINT_TEXT}
         try:
-            status, answer = await engine.post_json("/tokenize", body, "direct")
+            asked = engine.post_json("/tokenize", body, "direct")
+            status, answer = await asyncio.wait_for(asked, READ_TIMEOUT_S)
             ids = answer["tokens"] if status == 200 else None
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
             ids = None

@@ -1,0 +1,56 @@
+"""Cost probes without an engine: when a round is due, and when one is skipped. (Rounds on
+real engines, and what they do to the step fit: tests/test_live_comparison.py.)"""
+
+import asyncio
+import random
+
+from prometheus_client import REGISTRY
+
+from app.gateway.config import VariantConfig
+from app.gateway.cost_probes import CostProbes, prompt
+from app.gateway.upstream import Engine
+
+
+def _count(variant: str, outcome: str) -> float:
+    labels = {"variant": variant, "outcome": outcome}
+    return REGISTRY.get_sample_value("sparsegate_cost_probes_total", labels) or 0.0
+
+
+def test_probe_prompts_have_their_words_and_never_share_a_prefix():
+    rng = random.Random(0)
+    texts = [prompt(words, rng) for words in (8, 64, 256) for _ in range(3)]
+    assert [len(t.split()) for t in texts] == [8] * 3 + [64] * 3 + [256] * 3
+    assert len({t.split()[0] for t in texts}) == len(texts)  # the prefix cache never hits
+
+
+def test_a_round_is_due_every_n_requests_and_skipped_at_the_engines_bound():
+    engine = Engine("probe-bound", VariantConfig(url="http://127.0.0.1:9", max_inflight=4), 5.0)
+    probes = CostProbes({"probe-bound": engine}, every=3)
+    engine.inflight = 3  # a round's two requests would pass max_inflight
+
+    async def serve(n: int) -> None:
+        for _ in range(n):
+            probes.served("probe-bound")
+
+    asyncio.run(serve(7))
+    assert _count("probe-bound", "skipped") == 2  # requests 3 and 6
+    assert _count("probe-bound", "sent") == _count("probe-bound", "failed") == 0
+    CostProbes({"off": engine}, every=0).served("off")  # 0: never a round
+    assert _count("off", "skipped") == 0
+
+
+def test_a_round_on_an_engine_that_does_not_answer_is_counted_failed_and_frees_its_slots():
+    from tests.conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    engine = Engine("probe-down", VariantConfig(url=url), 5.0)
+    probes = CostProbes({"probe-down": engine}, every=1)
+
+    async def serve() -> None:
+        probes.served("probe-down")
+        await probes.drain()
+        await engine.close()
+
+    asyncio.run(serve())
+    assert _count("probe-down", "failed") == 1 and _count("probe-down", "sent") == 0
+    assert engine.inflight == 0
