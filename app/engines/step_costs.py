@@ -71,11 +71,11 @@ class StepCostLogger(StatLoggerBase):
 
     def add(self, t: float, p: int, g: int, r: int = 0) -> None:
         self._steps.inc()
-        for term, value in (("t", t), ("p", p), ("g", g), ("pp", p * p), ("gg", g * g),
-                            ("pg", p * g), ("tp", t * p), ("tg", t * g), ("k", 1 if p else 0),
-                            ("r", r), ("rr", r * r), ("rp", r * p), ("rg", r * g),
-                            ("tr", t * r)):  # fmt: skip
-            self._moments[term].inc(value)
+        x = {"t": t, "p": p, "g": g, "r": r}
+        x["k"] = 1 if p else 0  # counts the steps that prefilled
+        for term, counter in self._moments.items():
+            # a two-letter term is the product of its letters' values
+            counter.inc(x[term] if len(term) == 1 else x[term[0]] * x[term[1]])
 
     def log_engine_initialized(self) -> None:
         pass

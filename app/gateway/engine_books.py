@@ -38,9 +38,9 @@ class EngineBooks:
     async def read(self) -> dict[str, dict[str, float] | None]:
         """variant -> totals since the baseline, or None where the engine did not answer."""
         names = list(self.engines)
-        found = await asyncio.gather(*(self._read(self.engines[n]) for n in names))
-        await asyncio.gather(*(self._fingerprint(self.engines[n]) for n in names
-                               if n not in self.tokenizers))  # fmt: skip
+        asked = [self._fingerprint(self.engines[n]) for n in names if n not in self.tokenizers]
+        *found, _ = await asyncio.gather(*(self._read(self.engines[n]) for n in names),
+                                         asyncio.gather(*asked))  # fmt: skip
         return dict(zip(names, found, strict=True))
 
     async def _fingerprint(self, engine: Engine) -> None:

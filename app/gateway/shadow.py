@@ -16,21 +16,10 @@ import logging
 import aiohttp
 
 from app.gateway.accounting import count_text
-from app.gateway.errors import GatewayError
-from app.gateway.upstream import (
-    Engine,
-    EngineUnavailable,
-    StreamBroken,
-    StreamTimeout,
-    streamed_copy,
-)
+from app.gateway.upstream import BACKGROUND_FAILURES, Engine, streamed_copy
 from app.metrics import definitions as m
 
 log = logging.getLogger("sparsegate.shadow")
-
-
-_FAILURES = (aiohttp.ClientError, TimeoutError, ValueError, EngineUnavailable, GatewayError,
-             StreamBroken, StreamTimeout)  # fmt: skip
 
 
 def is_greedy(body: dict) -> bool:
@@ -72,7 +61,7 @@ class ShadowRunner:
             status, shadow_text, usage, timings = await streamed_copy(
                 engine, route, copy, "shadow", alias
             )
-        except _FAILURES as e:
+        except BACKGROUND_FAILURES as e:
             log.info("shadow copy to %s failed: %s", engine.name, e)
             self._failed(labels)
             return

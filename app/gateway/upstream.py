@@ -29,6 +29,11 @@ class StreamBroken(Exception):
     """The engine's connection failed mid-stream (the engine died or closed it)."""
 
 
+# How a request the gateway makes for itself (a shadow copy, a cost probe) can fail: each
+# is counted and logged, never a user's error.
+BACKGROUND_FAILURES = (aiohttp.ClientError, TimeoutError, ValueError, EngineUnavailable,
+                       GatewayError, StreamBroken, StreamTimeout)  # fmt: skip
+
 # vLLM's server (uvicorn) closes idle keep-alive connections after 5 s; dropping ours
 # sooner means a request never lands on a connection the engine is closing.
 _KEEPALIVE_S = 4.0
