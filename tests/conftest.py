@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.image_build import ImageBuild
+
 # Tests run in the serve environment; the CLI hands compress jobs to its sibling.
 SPARSEGATE = Path(sys.prefix) / "bin" / "sparsegate"
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +59,23 @@ def assert_served_as_evaluated(registry, served: dict[str, str], spans: int) -> 
             bpb = served_bits_per_byte(url, name, folder, text.spans(spans))
             evaluated = registry.get(name).quality["bpb"][text.key]
             assert bpb == pytest.approx(evaluated, rel=0.01), (name, text.key, bpb)
+
+
+IMAGE_BUILD = pytest.StashKey[ImageBuild]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The deploy stack's images start building now, behind the tests that run before it
+    (tests/image_build.py); its fixture waits for them."""
+    stack = any(item.path.name == "test_deploy_stack.py" for item in session.items)
+    if stack and os.environ.get("SPARSEGATE_SKIP_STACK") != "1":
+        session.config.stash[IMAGE_BUILD] = ImageBuild.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    build = session.config.stash.get(IMAGE_BUILD, None)
+    if build is not None:
+        build.close()
 
 
 @pytest.fixture(scope="session")

@@ -20,21 +20,21 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE = "gemma-3-270m"
 FAST = ["--calibration-samples", "4", "--eval-windows", "4"]
 JOBS = {
-    "unstructured": ["--prune", "wanda", "--sparsity", "0.5"],
+    # Wanda 50%, then LoRA recovery in the same job: one Gemma job instead of two (a
+    # recovery job of its own on a pruned parent runs on the tiny model: test_distill.py).
+    "unstructured": ["--prune", "wanda", "--sparsity", "0.5", "--recover", "lora",
+                     "--steps", "5"],
     "nm-w8a8": ["--prune", "wanda", "--pattern", "2:4", "--quant", "w8a8"],
     "channels": ["--prune", "magnitude", "--pattern", "channels", "--sparsity", "0.5"],
-}
-# Not served (the kinds above are): recovery. (Iterative pruning, which only schedules
-# these steps, runs on the tiny model: tests/test_schedule.py.)
-# Recovery of a pruned variant, a job of its own (its parent's Wanda 50% is not run twice).
-EXTRA = {"lora": ("unstructured", ["--recover", "lora", "--steps", "5"])}
+}  # fmt: skip
+# (Iterative pruning, which only schedules these steps, runs on the tiny model:
+# tests/test_schedule.py.)
 
 
 @pytest.fixture(scope="module")
 def variants(default_registry):
-    jobs = {name: (BASE, args) for name, args in JOBS.items()} | EXTRA
-    for name, (parent, args) in jobs.items():
-        proc = run_cli("compress", parent, *args, *FAST, "--name", name, registry=default_registry)
+    for name, args in JOBS.items():
+        proc = run_cli("compress", BASE, *args, *FAST, "--name", name, registry=default_registry)
         assert proc.returncode == 0, proc.stderr + proc.stdout
         assert f"registered {name}" in proc.stdout
     return EmbeddedRegistry(default_registry)
@@ -113,16 +113,15 @@ def test_channel_pruning_makes_a_smaller_model(variants, default_registry):
 
 
 def test_lora_recovery_improves_and_keeps_exact_sparsity(variants, default_registry):
-    report = json.loads((default_registry / "lora" / "report.json").read_text())
-    assert variants.get("lora").parent == "unstructured"
+    report = json.loads((default_registry / "unstructured" / "report.json").read_text())
     (rec,) = report["recovery"]
     assert rec["steps"] == 5 and rec["loss_last"] < rec["loss_first"]
-    # Merging the adapters fills pruned positions; the re-applied mask empties them again.
+    # Merging the adapters fills pruned positions; the re-applied mask empties them again
+    # (each row's zeros as Wanda left them: test_unstructured_sparsity_is_in_the_saved_weights).
     assert rec["sparsity_merged"] < rec["sparsity_before"] == rec["sparsity_after"]
-    weights = _weights(variants, "lora")
-    unstructured = _weights(variants, "unstructured")
-    zeros = sum(int((w == 0).sum()) for w in weights.values())
-    assert zeros == sum(int((w == 0).sum()) for w in unstructured.values())
+    zeros = sum(int((w == 0).sum()) for w in _weights(variants, "unstructured").values())
+    total = sum(w.numel() for w in _weights(variants, "unstructured").values())
+    assert zeros / total == pytest.approx(rec["sparsity_after"], abs=1e-6)
     after, before = report["variant"]["scores"], report["before_recovery"]
     assert after["pydoc"]["bpb"] < before["pydoc"]["bpb"]
 
@@ -146,7 +145,7 @@ def test_the_record_scores_the_checkpoint_as_written(variants):
     job's own environment, gives the recorded bits per byte (LoRA's merged weights are the
     case that tells: off the bf16 grid until rounded)."""
     compress_python = Path(sys.prefix).parent / "compress" / "bin" / "python"
-    for name in ("channels", "lora"):  # a smaller shape, and merged adapters
+    for name in ("unstructured",):  # merged adapters
         out = subprocess.run(
             [str(compress_python), "-c", _SCORE_WRITTEN, str(variants.servable_path(name))],
             capture_output=True, text=True, timeout=600, cwd=ROOT,
@@ -156,45 +155,6 @@ def test_the_record_scores_the_checkpoint_as_written(variants):
         for text, bpb in scored.items():
             recorded = variants.get(name).quality["bpb"][text]
             assert bpb == pytest.approx(recorded, rel=1e-5), (name, text)
-
-
-def _serving(variants, engines, names: tuple[str, ...]):
-    """vLLM engines for `names`, started together and stopped after the test: at most three
-    real-model engines at once (in float32, as on AVX2-only hosts, each holds about 5.5 GB)."""
-    urls = engines({name: variants.servable_path(name) for name in names})
-    yield urls
-    engines.stop(list(urls))
-
-
-@pytest.fixture
-def served(variants, engines):
-    yield from _serving(variants, engines, tuple(JOBS))
-
-
-@pytest.fixture
-def served_with_base(variants, engines):
-    yield from _serving(variants, engines, (BASE, "nm-w8a8"))
-
-
-def test_vllm_serves_every_variant_as_evaluated(variants, default_registry, served):
-    from app.texts.evaluation import EVAL_TEXTS
-
-    urls = {name: url for name, url in served.items() if name in JOBS}
-    for name, url in urls.items():
-        r = httpx.post(
-            f"{url}/v1/completions",
-            json={"model": name, "prompt": "The for statement", "max_tokens": 8},
-            timeout=120,
-        )
-        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] > 0
-        for text in EVAL_TEXTS:  # the job's spans, read with the variant's own tokenizer
-            served_bpb = served_bits_per_byte(
-                url, name, variants.servable_path(name), text.spans(4)
-            )
-            evaluated = variants.get(name).quality["bpb"][text.key]
-            # bf16 kernels (and int8 ones for W8A8) against the job's float32 evaluation of
-            # the same bf16 weights.
-            assert served_bpb == pytest.approx(evaluated, rel=0.01), (name, text.key, served_bpb)
 
 
 @pytest.mark.parametrize(
@@ -242,22 +202,54 @@ def test_calibration_file_may_not_hold_evaluation_text(default_registry, tmp_pat
     assert EmbeddedRegistry(default_registry).find("leaky") is None
 
 
-def test_gateway_serves_the_real_model_and_a_variant_to_the_openai_client(
-    served_with_base, default_registry, start_gateway
+# Served last: this module's engines stay up until its end.
+
+
+@pytest.fixture(scope="module")
+def served(variants, engines):
+    """vLLM engines for the three variants, stopped after this module's last test: at most
+    three real-model engines at once (in float32, as on AVX2-only hosts, each holds about
+    5.5 GB)."""
+    urls = engines({name: variants.servable_path(name) for name in JOBS})
+    yield urls
+    engines.stop(list(urls))
+
+
+def test_vllm_serves_every_variant_as_evaluated(variants, default_registry, served):
+    from app.texts.evaluation import EVAL_TEXTS
+
+    urls = {name: url for name, url in served.items() if name in JOBS}
+    for name, url in urls.items():
+        r = httpx.post(
+            f"{url}/v1/completions",
+            json={"model": name, "prompt": "The for statement", "max_tokens": 8},
+            timeout=120,
+        )
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] > 0
+        for text in EVAL_TEXTS:  # the job's spans, read with the variant's own tokenizer
+            served_bpb = served_bits_per_byte(
+                url, name, variants.servable_path(name), text.spans(4)
+            )
+            evaluated = variants.get(name).quality["bpb"][text.key]
+            # bf16 kernels (and int8 ones for W8A8) against the job's float32 evaluation of
+            # the same bf16 weights.
+            assert served_bpb == pytest.approx(evaluated, rel=0.01), (name, text.key, served_bpb)
+
+
+def test_gateway_serves_the_real_variants_to_the_openai_client(
+    served, default_registry, start_gateway
 ):
     import openai
 
+    pair = ("unstructured", "nm-w8a8")
     deployment = {
-        "variants": {
-            BASE: {"url": served_with_base[BASE]},
-            "nm-w8a8": {"url": served_with_base["nm-w8a8"]},
-        },
-        "aliases": {"gemma": {"split": {BASE: 0.5, "nm-w8a8": 0.5}}},
+        "variants": {name: {"url": served[name]} for name in pair},
+        "aliases": {"gemma": {"split": {name: 0.5 for name in pair}}},
     }
     url = start_gateway(deployment, "--registry", str(default_registry))
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
     messages = [{"role": "user", "content": "Name a Python keyword."}]
-    for variant in (BASE, "nm-w8a8"):
+    for variant in pair:
         pin = {"x-sparsegate-variant": variant}
         whole = client.chat.completions.with_raw_response.create(
             model="gemma", messages=messages, max_tokens=16, temperature=0, extra_headers=pin
@@ -275,8 +267,8 @@ def test_gateway_serves_the_real_model_and_a_variant_to_the_openai_client(
         assert text == reply.choices[0].message.content
         assert chunks[-1].usage == reply.usage
     rows = {r["variant"]: r for r in httpx.get(f"{url}/v1/variants/compare").json()["data"]}
-    assert rows["nm-w8a8"]["base_served_as"] == BASE
-    quality = EmbeddedRegistry(default_registry).get("nm-w8a8").quality
-    assert rows["nm-w8a8"]["ppl_ratio"] == pytest.approx(quality["ppl_ratio"])
-    assert rows["nm-w8a8"]["bpb_ratio_news"] == pytest.approx(quality["bpb_ratio"]["news"])
-    assert rows[BASE]["bpb_ratio_pydoc"] == 1.0
+    for name in pair:  # the job's figures, from the registry (dense is not served here)
+        quality = EmbeddedRegistry(default_registry).get(name).quality
+        assert rows[name]["base"] == BASE and rows[name]["base_served_as"] is None
+        assert rows[name]["ppl_ratio"] == pytest.approx(quality["ppl_ratio"])
+        assert rows[name]["bpb_ratio_news"] == pytest.approx(quality["bpb_ratio"]["news"])

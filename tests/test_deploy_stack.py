@@ -4,8 +4,9 @@ the gateway container and Prometheus, read the bench service's result, tear it a
 
 Docker where its daemon runs, podman otherwise (scripts/system-deps.sh installs podman,
 buildah, runc and mmdebstrap): docker-compose talks to podman's Docker-compatible service
-(scripts/podman-service.sh). Each step's time is printed. The first run builds the images
-(about 10 minutes here); later runs reuse their layers. SPARSEGATE_SKIP_STACK=1 skips it.
+(scripts/podman-service.sh). Each step's time is printed. The images start building when
+the session's tests are collected (tests/image_build.py; about 7 minutes here the first
+time, later runs reuse their layers). SPARSEGATE_SKIP_STACK=1 skips it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import IMAGE_BUILD, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = ["-f", str(ROOT / "docker-compose.yml"), "-f", str(ROOT / "deploy/compose/ci.yml")]
@@ -170,11 +171,11 @@ def stack(tmp_path_factory, request) -> Iterator[Stack]:
     capture = request.config.pluginmanager.getplugin("capturemanager")
     stack = Stack(tmp_path_factory.mktemp("stack"), capture)
     started = time.monotonic()
-    images = subprocess.run(["scripts/images.sh"], cwd=ROOT, env=stack.env, text=True,
-                            capture_output=True, timeout=3600)  # fmt: skip
-    stack.say("\n" + images.stdout.rstrip())
-    assert images.returncode == 0, images.stdout[-2000:] + images.stderr[-4000:]
-    stack.step("images built (scripts/images.sh)", started)
+    # Started when the session's tests were collected (tests/image_build.py).
+    code, out, err = request.config.stash[IMAGE_BUILD].wait(timeout=3600)
+    stack.say("\n" + out.rstrip())
+    assert code == 0, out[-2000:] + err[-4000:]
+    stack.step("images built (waited for the background build)", started)
     stack.start_service()
     try:
         started = time.monotonic()
