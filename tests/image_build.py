@@ -26,11 +26,11 @@ class ImageBuild:
     started: float = field(default_factory=time.monotonic)
 
     @classmethod
-    def start(cls, env: dict[str, str] | None = None) -> ImageBuild:
+    def start(cls) -> ImageBuild:
         folder = Path(tempfile.mkdtemp(prefix="sparsegate-images-"))
         with (folder / "out").open("w") as out, (folder / "err").open("w") as err:
-            proc = subprocess.Popen(["scripts/images.sh"], cwd=ROOT, env=env or dict(os.environ),
-                                    stdout=out, stderr=err, start_new_session=True)  # fmt: skip
+            proc = subprocess.Popen(["scripts/images.sh"], cwd=ROOT, stdout=out, stderr=err,
+                                    start_new_session=True)  # fmt: skip
         return cls(proc, folder)
 
     def wait(self, timeout: float) -> tuple[int, str, str]:

@@ -119,8 +119,8 @@ def test_lora_recovery_improves_and_keeps_exact_sparsity(variants, default_regis
     # Merging the adapters fills pruned positions; the re-applied mask empties them again
     # (each row's zeros as Wanda left them: test_unstructured_sparsity_is_in_the_saved_weights).
     assert rec["sparsity_merged"] < rec["sparsity_before"] == rec["sparsity_after"]
-    zeros = sum(int((w == 0).sum()) for w in _weights(variants, "unstructured").values())
-    total = sum(w.numel() for w in _weights(variants, "unstructured").values())
+    weights = _weights(variants, "unstructured").values()
+    zeros, total = sum(int((w == 0).sum()) for w in weights), sum(w.numel() for w in weights)
     assert zeros / total == pytest.approx(rec["sparsity_after"], abs=1e-6)
     after, before = report["variant"]["scores"], report["before_recovery"]
     assert after["pydoc"]["bpb"] < before["pydoc"]["bpb"]
@@ -145,16 +145,16 @@ def test_the_record_scores_the_checkpoint_as_written(variants):
     job's own environment, gives the recorded bits per byte (LoRA's merged weights are the
     case that tells: off the bf16 grid until rounded)."""
     compress_python = Path(sys.prefix).parent / "compress" / "bin" / "python"
-    for name in ("unstructured",):  # merged adapters
-        out = subprocess.run(
-            [str(compress_python), "-c", _SCORE_WRITTEN, str(variants.servable_path(name))],
-            capture_output=True, text=True, timeout=600, cwd=ROOT,
-        )  # fmt: skip
-        assert out.returncode == 0, out.stderr[-2000:]
-        scored = json.loads(out.stdout.strip().splitlines()[-1])
-        for text, bpb in scored.items():
-            recorded = variants.get(name).quality["bpb"][text]
-            assert bpb == pytest.approx(recorded, rel=1e-5), (name, text)
+    name = "unstructured"  # merged adapters
+    out = subprocess.run(
+        [str(compress_python), "-c", _SCORE_WRITTEN, str(variants.servable_path(name))],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    scored = json.loads(out.stdout.strip().splitlines()[-1])
+    for text, bpb in scored.items():
+        recorded = variants.get(name).quality["bpb"][text]
+        assert bpb == pytest.approx(recorded, rel=1e-5), (name, text)
 
 
 @pytest.mark.parametrize(
@@ -202,24 +202,18 @@ def test_calibration_file_may_not_hold_evaluation_text(default_registry, tmp_pat
     assert EmbeddedRegistry(default_registry).find("leaky") is None
 
 
-# Served last: this module's engines stay up until its end.
-
-
 @pytest.fixture(scope="module")
 def served(variants, engines):
-    """vLLM engines for the three variants, stopped after this module's last test: at most
-    three real-model engines at once (in float32, as on AVX2-only hosts, each holds about
-    5.5 GB)."""
-    urls = engines({name: variants.servable_path(name) for name in JOBS})
-    yield urls
-    engines.stop(list(urls))
+    """vLLM engines for the three variants, up from here (the module's last tests) to its
+    end: at most three real-model engines at once (in float32, as on AVX2-only hosts, each
+    holds about 5.5 GB)."""
+    return engines({name: variants.servable_path(name) for name in JOBS})
 
 
 def test_vllm_serves_every_variant_as_evaluated(variants, default_registry, served):
     from app.texts.evaluation import EVAL_TEXTS
 
-    urls = {name: url for name, url in served.items() if name in JOBS}
-    for name, url in urls.items():
+    for name, url in served.items():
         r = httpx.post(
             f"{url}/v1/completions",
             json={"model": name, "prompt": "The for statement", "max_tokens": 8},
