@@ -38,8 +38,16 @@ WORKDIR /app
 # layers survive code changes.
 COPY pyproject.toml ./
 
+# torch's CPU build, pinned alike by both locks below (scripts/lock.sh checks): one layer
+# for the compress job and the engine, installed once per build instead of twice.
+FROM base AS torch
+ARG TORCH_INDEX
+COPY deploy/lock/torch.txt /opt/build/
+RUN --mount=type=bind,from=inputs,target=/inputs \
+    /opt/build/with-inputs.sh pip install --require-hashes --no-deps -r /opt/build/torch.txt
+
 # The offline job: import, compress, evaluate, register.
-FROM base AS compress
+FROM torch AS compress
 ARG TORCH_INDEX
 COPY deploy/lock/compress.txt /opt/build/
 RUN --mount=type=bind,from=inputs,target=/inputs \
@@ -65,7 +73,7 @@ CMD ["models", "import", "gemma-3-270m", "--exist-ok"]
 
 # One vLLM engine on the CPU for one registered variant: `sparsegate engine VARIANT`
 # (expands sparse-at-rest weights, then becomes the vLLM OpenAI server).
-FROM base AS engine-cpu
+FROM torch AS engine-cpu
 ARG TORCH_INDEX
 # vLLM's CPU kernels (vllm._C) link libnuma.
 # hadolint ignore=DL3008

@@ -41,3 +41,13 @@ lock engine-cpu --extra serve-cpu --extra gateway --no-emit-package torchvision 
 # The gateway: the versions the engine image (and the serve environment the tests run) has.
 lock gateway --extra gateway --extra bench --constraint deploy/lock/engine-cpu.txt
 lock compress --extra compress
+# The images' shared torch layer (Dockerfile stage `torch`): the entry both locks pin.
+torch_entry() { awk '/^torch==/ {on = 1; print; next} on && /^    --hash/ {print; next} {on = 0}' "deploy/lock/$1.txt"; }
+if [ "$(torch_entry compress)" != "$(torch_entry engine-cpu)" ]; then
+  echo "sparsegate lock: compress and engine-cpu lock different torch builds; the images share one" >&2
+  exit 1
+fi
+{ echo "# Written by \`make lock\` (scripts/lock.sh): torch for the compress and engine-cpu"
+  echo "# images' shared layer, the entry both their locks pin."
+  torch_entry compress; } > deploy/lock/torch.txt
+echo "sparsegate lock: deploy/lock/torch.txt, the images' shared torch"

@@ -1,4 +1,5 @@
-"""The real offline job on the default model: prune, quantize, evaluate, register, serve."""
+"""The real offline job on the default model: prune, quantize, trim, recover, evaluate,
+register, serve."""
 
 import json
 import subprocess
@@ -19,12 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 BASE = "gemma-3-270m"
 FAST = ["--calibration-samples", "4", "--eval-windows", "4"]
+K = 49152
+TRIMMED = "trim-2of4-w8a8"
 JOBS = {
     # Wanda 50%, then LoRA recovery in the same job: one Gemma job instead of two (a
     # recovery job of its own on a pruned parent runs on the tiny model: test_distill.py).
     "unstructured": ["--prune", "wanda", "--sparsity", "0.5", "--recover", "lora",
                      "--steps", "5"],
-    "nm-w8a8": ["--prune", "wanda", "--pattern", "2:4", "--quant", "w8a8"],
+    # Gemma 3 270M's 262,144-row vocabulary trimmed to 49,152, then pruned 2:4 and quantized
+    # to W8A8 in the same job: trimming composes with both.
+    TRIMMED: ["--trim-vocab", str(K), "--prune", "wanda", "--pattern", "2:4", "--quant", "w8a8"],
     "channels": ["--prune", "magnitude", "--pattern", "channels", "--sparsity", "0.5"],
 }  # fmt: skip
 # (Iterative pruning, which only schedules these steps, runs on the tiny model:
@@ -56,8 +61,9 @@ def test_records_and_reports(variants, default_registry):
             assert q["bpb_ratio"][text] == pytest.approx(q["bpb"][text] / q["bpb_dense"][text])
             assert report["dense"][text]["bytes"] == scores[text]["bytes"]
             assert q["bpb_ratio"][text] > 1.0  # removing weights costs quality on real text
-        assert q["ppl_ratio"] == pytest.approx(q["ppl"] / q["ppl_dense"])  # same tokenizer
-        assert report["dense"]["pydoc"]["tokens"] == scores["pydoc"]["tokens"]
+        if name != TRIMMED:  # the same tokenizer: per-token perplexity compares too
+            assert q["ppl_ratio"] == pytest.approx(q["ppl"] / q["ppl_dense"])
+            assert report["dense"]["pydoc"]["tokens"] == scores["pydoc"]["tokens"]
         assert set(report["sparsity_by_layer"]) and report["evaluation"]["spans"] == 4
         assert "report.json" in {f.path for f in v.files}
         # (measured before report.json, a few kB, was written)
@@ -87,21 +93,67 @@ def test_unstructured_sparsity_is_in_the_saved_weights(variants, default_registr
 
 
 def test_two_four_pattern_holds_in_int8_weights(variants, default_registry):
-    folder = default_registry / "nm-w8a8"
+    folder = default_registry / TRIMMED
     config = json.loads((folder / "config.json").read_text())
     qc = config["quantization_config"]
     assert qc["quant_method"] == "compressed-tensors" and "sparsity_config" not in qc
-    weights = _weights(variants, "nm-w8a8")
+    weights = _weights(variants, TRIMMED)
     assert weights and all(str(w.dtype) == "torch.int8" for w in weights.values())
     for name, w in weights.items():
         assert nm_pattern_holds(w, 2, 4), name
-    assert variants.get("nm-w8a8").quality["pattern_holds"] is True
-    # Each linear weight is 1 byte instead of bf16's 2 (the bf16 embedding, most of this
-    # small model's bytes, stays as it is).
+    assert variants.get(TRIMMED).quality["pattern_holds"] is True
+    # Each linear weight is 1 byte instead of bf16's 2, and the trimmed embedding rows' bf16
+    # bytes are gone.
     linear_params = sum(w.numel() for w in weights.values())
+    trimmed_rows = (262144 - K) * config["hidden_size"] * 2
     served = json.loads((folder / "report.json").read_text())["bytes_served"]
-    assert variants.get(BASE).bytes_on_disk - served > 0.95 * linear_params
-    assert variants.get("nm-w8a8").bytes_on_disk < served  # and sparse at rest on top
+    assert variants.get(BASE).bytes_on_disk - served > 0.95 * (linear_params + trimmed_rows)
+    assert variants.get(TRIMMED).bytes_on_disk < served  # and sparse at rest on top
+
+
+def test_a_trimmed_record_compares_in_bits_per_byte_only(variants, default_registry):
+    q = variants.get(TRIMMED).quality
+    report = json.loads((default_registry / TRIMMED / "report.json").read_text())
+    assert q["ppl_ratio"] is None  # other tokens: per-token perplexity does not compare
+    for text in ("pydoc", "news"):
+        assert report["dense"][text]["bytes"] == report["variant"]["scores"][text]["bytes"]
+    vocab = q["vocab"]
+    assert vocab["k"] == vocab["rows_kept"] == K and vocab["rows_before"] == 262144
+    assert vocab["must_keep"] > 6000  # Gemma's added tokens, bytes, chat template
+    assert 0.9 < vocab["texts"]["pydoc"]["coverage"] < 1
+    assert 1 < vocab["texts"]["news"]["tokens_per_byte_ratio"] < 1.3
+    assert variants.get(TRIMMED).param_count < 0.6 * variants.get(BASE).param_count
+
+
+def test_a_trimmed_checkpoint_keeps_its_vocabulary_through_quantization(variants):
+    from transformers import AutoTokenizer
+
+    from app.texts.evaluation import EVAL_TEXTS
+
+    dense_tok = AutoTokenizer.from_pretrained(variants.servable_path(BASE))
+    folder = variants.servable_path(TRIMMED)
+    config = json.loads((folder / "config.json").read_text())
+    generation = json.loads((folder / "generation_config.json").read_text())
+    tok = AutoTokenizer.from_pretrained(folder)
+    # llm-compressor rewrites config.json from the source model: the job puts the trimmed
+    # size and the renumbered ids back.
+    assert config["vocab_size"] == len(tok) == K
+    eos, end_of_turn = tok.convert_tokens_to_ids(["<eos>", "<end_of_turn>"])
+    assert generation["eos_token_id"] == [eos, end_of_turn]
+    # Renumbered, the stop ids still name the same tokens as dense's.
+    dense_generation = json.loads(
+        (variants.servable_path(BASE) / "generation_config.json").read_text()
+    )
+    assert tok.convert_ids_to_tokens(generation["eos_token_id"]) == (
+        dense_tok.convert_ids_to_tokens(dense_generation["eos_token_id"])
+    )
+    assert config["bos_token_id"] == tok.bos_token_id == tok.convert_tokens_to_ids("<bos>")
+    chat = [{"role": "user", "content": "Hi"}]
+    assert tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == (
+        dense_tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    )
+    for text in EVAL_TEXTS:  # never an id past the trimmed vocabulary
+        assert max(tok("\n\n".join(text.documents()))["input_ids"]) < K
 
 
 def test_channel_pruning_makes_a_smaller_model(variants, default_registry):
@@ -235,7 +287,7 @@ def test_gateway_serves_the_real_variants_to_the_openai_client(
 ):
     import openai
 
-    pair = ("unstructured", "nm-w8a8")
+    pair = ("unstructured", "channels")
     deployment = {
         "variants": {name: {"url": served[name]} for name in pair},
         "aliases": {"gemma": {"split": {name: 0.5 for name in pair}}},
@@ -266,3 +318,26 @@ def test_gateway_serves_the_real_variants_to_the_openai_client(
         assert rows[name]["base"] == BASE and rows[name]["base_served_as"] is None
         assert rows[name]["ppl_ratio"] == pytest.approx(quality["ppl_ratio"])
         assert rows[name]["bpb_ratio_news"] == pytest.approx(quality["bpb_ratio"]["news"])
+
+
+def test_a_trimmed_variant_stops_its_chat_turn_at_the_renumbered_token(variants, served):
+    """The model is made to end its turn at once (a logit bias on the variant's own
+    <end_of_turn> id): vLLM must stop there, with nothing shown. Biased to an ordinary
+    token instead, it runs to the length limit: the stop is the stop id's doing."""
+    import openai
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(variants.servable_path(TRIMMED))
+    client = openai.OpenAI(base_url=f"{served[TRIMMED]}/v1", api_key="unused", max_retries=0)
+
+    def reply_biased_to(token: str):
+        return client.chat.completions.create(
+            model=TRIMMED, messages=[{"role": "user", "content": "Name a Python keyword."}],
+            max_tokens=8, temperature=0, logit_bias={str(tok.convert_tokens_to_ids(token)): 100},
+        )  # fmt: skip
+
+    stopped = reply_biased_to("<end_of_turn>")
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.usage.completion_tokens == 1 and stopped.choices[0].message.content == ""
+    running = reply_biased_to("▁the")
+    assert running.choices[0].finish_reason == "length" and running.usage.completion_tokens == 8

@@ -29,12 +29,12 @@ def _manifests() -> list[Path]:
 
 
 def _dockerfile_stages() -> dict[str, str]:
-    """The Dockerfile's image stages (after `base`), by name."""
+    """The Dockerfile's image stages (after `base` and the shared `torch` layer), by name."""
     text = (ROOT / "Dockerfile").read_text()
     stages = {}
     for stage in re.split(r"^FROM ", text, flags=re.M)[1:]:
         name = stage.split()[2]
-        if name not in ("inputs", "base"):
+        if name not in ("inputs", "base", "torch"):
             stages[name] = stage
     return stages
 
@@ -453,6 +453,18 @@ def _locked(image: str) -> dict[str, tuple[str, int]]:
         name, _, version = head.partition("==")
         found[re.sub(r"[-_.]+", "-", name).lower()] = (version, entry.count("--hash=sha256:"))
     return found
+
+
+def test_the_images_share_the_torch_both_locks_pin():
+    """compress and engine-cpu build on one torch layer: deploy/lock/torch.txt holds the
+    entry both their locks pin, hashes and all (`make lock` writes it)."""
+    shared = _locked("torch")
+    assert list(shared) == ["torch"] and shared["torch"][1] > 0
+    assert _locked("compress")["torch"] == _locked("engine-cpu")["torch"] == shared["torch"]
+    text = (ROOT / "deploy" / "lock" / "torch.txt").read_text()
+    for image in ("compress", "engine-cpu"):
+        assert text.split("\n", 2)[2] in (ROOT / "deploy" / "lock" / f"{image}.txt").read_text()
+        assert re.search(rf"^FROM torch AS {image}$", (ROOT / "Dockerfile").read_text(), re.M)
 
 
 @pytest.mark.parametrize(

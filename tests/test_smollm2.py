@@ -8,7 +8,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import assert_served_as_evaluated, compress_jobs
+from tests.conftest import compress_jobs
 
 pytestmark = pytest.mark.slow
 
@@ -70,8 +70,20 @@ def test_int8_weights_keep_the_two_four_pattern(variants):
 
 @pytest.fixture(scope="module")
 def served(variants, engines):
-    return engines({name: variants.servable_path(name) for name in JOBS})
+    """In float32, as the job evaluates: bf16 rounding left out, what remains is the int8
+    and int4 kernels' own (W4A16 read within 1e-7 here, W8A8 within 0.4%; in bf16 W8A8 read
+    0.5% here and 1.05% on a CI host, too near the 1% line)."""
+    return engines({name: variants.servable_path(name) for name in JOBS}, dtype="float32")
 
 
 def test_vllm_serves_both_variants_as_evaluated(variants, served):
-    assert_served_as_evaluated(variants, served, spans=4)
+    """Each variant's bits per byte from prompt log-probabilities on the job's own spans,
+    read with its own tokenizer, within 1% of what the job recorded."""
+    from app.engines.scoring import served_bits_per_byte
+    from app.texts.evaluation import EVAL_TEXTS
+
+    for name, url in served.items():
+        for text in EVAL_TEXTS:
+            bpb = served_bits_per_byte(url, name, variants.servable_path(name), text.spans(4))
+            evaluated = variants.get(name).quality["bpb"][text.key]
+            assert bpb == pytest.approx(evaluated, rel=0.01), (name, text.key, bpb)
