@@ -46,6 +46,21 @@ def compress_jobs(home: Path, base: str, jobs: dict[str, list[str]], *common: st
     return EmbeddedRegistry(home)
 
 
+def assert_served_as_evaluated(registry, served: dict[str, str], spans: int) -> None:
+    """Each served variant's bits per byte, from prompt log-probabilities on the job's own
+    spans read with its own tokenizer, within 1% of what the job recorded in float32 (the
+    engine's dtype and int8/int4 kernels against the job's evaluation)."""
+    from app.engines.scoring import served_bits_per_byte
+    from app.texts.evaluation import EVAL_TEXTS
+
+    for name, url in served.items():
+        folder = registry.servable_path(name)
+        for text in EVAL_TEXTS:
+            bpb = served_bits_per_byte(url, name, folder, text.spans(spans))
+            evaluated = registry.get(name).quality["bpb"][text.key]
+            assert bpb == pytest.approx(evaluated, rel=0.01), (name, text.key, bpb)
+
+
 IMAGE_BUILD = pytest.StashKey[ImageBuild]()
 
 

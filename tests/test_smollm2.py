@@ -8,7 +8,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import compress_jobs
+from tests.conftest import assert_served_as_evaluated, compress_jobs
 
 pytestmark = pytest.mark.slow
 
@@ -77,13 +77,4 @@ def served(variants, engines):
 
 
 def test_vllm_serves_both_variants_as_evaluated(variants, served):
-    """Each variant's bits per byte from prompt log-probabilities on the job's own spans,
-    read with its own tokenizer, within 1% of what the job recorded."""
-    from app.engines.scoring import served_bits_per_byte
-    from app.texts.evaluation import EVAL_TEXTS
-
-    for name, url in served.items():
-        for text in EVAL_TEXTS:
-            bpb = served_bits_per_byte(url, name, variants.servable_path(name), text.spans(4))
-            evaluated = variants.get(name).quality["bpb"][text.key]
-            assert bpb == pytest.approx(evaluated, rel=0.01), (name, text.key, bpb)
+    assert_served_as_evaluated(variants, served, spans=4)
