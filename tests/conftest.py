@@ -4,6 +4,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -111,35 +112,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class Served:
+    """An engine's own settings, where a batch mixes them: {name: Served(folder, ...)}."""
+
+    folder: Path
+    dtype: str = "auto"
+    env: dict = field(default_factory=dict)
+
+
 class EngineStarter:
-    """Starts vLLM engines in parallel: starter({name: folder}) -> {name: url}; each logs
-    to logs/NAME.log."""
+    """Starts vLLM engines in parallel: starter({name: folder or Served}) -> {name: url};
+    each logs to logs/NAME.log. One batch, whatever their settings: engines that start
+    together share the cores' idle moments (loading files, waiting on their own workers)."""
 
     def __init__(self, logs: Path) -> None:
         self.logs = logs
         self.started = []
 
     def __call__(
-        self, models: dict[str, Path], extra_args: list[str] = (), env: dict | None = None,
+        self, models: dict[str, Path | Served], extra_args: list[str] = (), env: dict | None = None,
         dtype: str = "auto",
     ) -> dict[str, str]:  # fmt: skip
         from app.engines.vllm_process import EngineSettings, VllmProcess, shared_host_environment
 
+        served = {n: m if isinstance(m, Served) else Served(m, dtype, env or {})
+                  for n, m in models.items()}  # fmt: skip
         batch = [
             VllmProcess(
                 EngineSettings(
-                    model=folder,
+                    model=s.folder,
                     served_name=name,
                     port=free_port(),
                     max_model_len=1024,
-                    dtype=dtype,
+                    dtype=s.dtype,
                     extra_args=list(extra_args),
                     # The suite runs several engines at once on this host.
-                    env=shared_host_environment(4) | (env or {}),
+                    env=shared_host_environment(4) | s.env,
                 ),
                 log=self.logs / f"{name}.log",
             )
-            for name, folder in models.items()
+            for name, s in served.items()
         ]
         for engine in batch:
             engine.start()

@@ -188,6 +188,10 @@ def _compare(url: str) -> dict[str, dict]:
     return {r["variant"]: r for r in httpx.get(f"{url}/v1/variants/compare").json()["data"]}
 
 
+async def _both(*loads) -> list:
+    return list(await asyncio.gather(*loads))
+
+
 async def _completions(url: str, bodies: list[dict], concurrency: int) -> list[dict]:
     gate = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=120) as http:
@@ -220,11 +224,12 @@ def test_equal_work_prices_the_gateways_mean_request_on_every_variant(
     booked = {n: ledger(u)["probe"] for n, u in twins.items()}
     gateway = start_gateway({"variants": variants, "gateway": {"cost_probe_every": PROBE_EVERY}})
     # Long prompts with short answers at concurrency 2 on one, short prompts with long
-    # answers at concurrency 5 on the other.
-    sent = {
-        "twin-a": asyncio.run(_completions(gateway, [{**long_short, "model": "twin-a"}] * 30, 2)),
-        "twin-b": asyncio.run(_completions(gateway, [{**short_long, "model": "twin-b"}] * 30, 5)),
-    }
+    # answers at concurrency 5 on the other, at the same time: whatever else the machine
+    # runs then slows both alike (one after the other, each fit met other load).
+    sent = dict(zip(("twin-a", "twin-b"), asyncio.run(_both(
+        _completions(gateway, [{**long_short, "model": "twin-a"}] * 30, 2),
+        _completions(gateway, [{**short_long, "model": "twin-b"}] * 30, 5),
+    )), strict=True))  # fmt: skip
     for name, url in twins.items():  # every round ended (one each PROBE_EVERY requests)
         wait_for(lambda n=name: _probe_rounds(gateway, n) == 30 // PROBE_EVERY, timeout=120,
                  what=f"{name}'s cost probes")  # fmt: skip

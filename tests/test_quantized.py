@@ -10,7 +10,7 @@ import pytest
 from app.engines.scoring import served_bits_per_byte
 from app.registry.embedded import EmbeddedRegistry
 from app.texts.evaluation import EVAL_TEXTS
-from tests.conftest import run_cli
+from tests.conftest import Served, run_cli
 
 FAST = ["--calibration-samples", "4", "--eval-windows", "2"]
 
@@ -29,15 +29,15 @@ def served(tmp_path_factory, tiny_model_dir, engines):
         proc = run_cli("compress", "tiny", *args, *FAST, registry=home)
         assert proc.returncode == 0, proc.stderr + proc.stdout
     reg = EmbeddedRegistry(home)
-    urls = engines({name: reg.servable_path(name) for name in jobs})
-    # float32 activations too (CPUs without native bf16 compute in it): vLLM's int4 op has
-    # no float32 path, so the plugin's kernel must take these layers.
-    urls |= engines({"tiny-w4a16-f32": reg.servable_path("tiny-w4a16")}, dtype="float32")
-    # As on a CPU without VNNI, whose oneDNN int8 GEMM saturates: the plugin's W8A8 kernel.
-    urls |= engines(
-        {"tiny-w8a8-avx2": reg.servable_path("tiny-ch-w8a8")}, dtype="float32",
-        env={"ONEDNN_MAX_CPU_ISA": "AVX2"},
-    )  # fmt: skip
+    urls = engines({
+        **{name: reg.servable_path(name) for name in jobs},
+        # float32 activations too (CPUs without native bf16 compute in it): vLLM's int4 op
+        # has no float32 path, so the plugin's kernel must take these layers.
+        "tiny-w4a16-f32": Served(reg.servable_path("tiny-w4a16"), "float32"),
+        # As on a CPU without VNNI, whose oneDNN int8 GEMM saturates: the plugin's W8A8 kernel.
+        "tiny-w8a8-avx2": Served(reg.servable_path("tiny-ch-w8a8"), "float32",
+                                 {"ONEDNN_MAX_CPU_ISA": "AVX2"}),
+    })  # fmt: skip
     return home, reg, urls
 
 

@@ -23,7 +23,10 @@ from tests.servers import Prometheus
 from tests.test_deploy import argo_queries
 from tests.test_observability import _tool
 
-GATES = ["--steps", "0,50,100", "--max-bpb-ratio", "1.05", "--max-error-rate-increase", "0.2",
+# The error gate's bound sets how many requests a step needs when neither side fails: the
+# two sides' always-valid half-widths must sum under it, about 150 requests a side at 0.2,
+# 60 at 0.5 (minutes apart on 2 cores). A dead engine's error rate goes to 1, past either.
+GATES = ["--steps", "0,50,100", "--max-bpb-ratio", "1.05", "--max-error-rate-increase", "0.5",
          "--confidence", "0.95", "--min-samples", "20", "--quality-sample", "0.5",
          "--shadow-fraction", "0.5"]  # fmt: skip
 PROMPTS = ["The history of", "Write a sentence about", "In Python, a list", "Once upon a"]

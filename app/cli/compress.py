@@ -9,7 +9,7 @@ from app.cli.envs import run_in
 from app.cli.models import RegistryOpt, _home, _size, console
 from app.errors import Interrupted, SparsegateError
 from app.job.methods import Stage, choices
-from app.job.recipe import Recipe
+from app.job.recipe import SEARCH_STEP, Recipe
 
 
 def compress(
@@ -66,6 +66,10 @@ def compress(
             "evaluation texts (instead of --sparsity)"
         ),
     ] = None,
+    search_step: Annotated[
+        float,
+        typer.Option(help="With --max-bpb-ratio: stop searching when the interval is this narrow"),
+    ] = SEARCH_STEP,
     trim_vocab: Annotated[
         int | None, typer.Option(help="Keep K vocabulary rows (embedding / LM head)")
     ] = None,
@@ -100,6 +104,7 @@ def compress(
         trim_vocab=trim_vocab,
         allocation=allocation,
         max_bpb_ratio=max_bpb_ratio,
+        search_step=search_step,
         vocab_corpus=vocab_corpus,
     )
     run_in("compress")

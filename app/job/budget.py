@@ -4,21 +4,22 @@
 Bisection over the sparsity, each point pruned afresh from the parent's weights and scored
 on the job's evaluation spans: first 50% (the literature's usual point), then halving the
 interval between the highest point within the budget and the lowest one over it, until it is
-narrower than STEP. Bisection assumes quality falls as sparsity grows; near the budget it
-need not fall strictly (a few tenths of a percent of noise), and every measured point goes
-into the report, so a stretch where it does not shows.
+no wider than the search step (`--search-step`). Bisection assumes quality falls as sparsity
+grows; near the budget it need not fall strictly (a few tenths of a percent of noise), and
+every measured point goes into the report, so a stretch where it does not shows.
 """
 
 from typing import Any
 
 from app.errors import SparsegateError
-from app.job.recipe import MAX_SPARSITY
+from app.job.recipe import MAX_SPARSITY, SEARCH_STEP
 
 FIRST = 0.5
-STEP = 0.025  # the search stops when the interval is narrower: about 6 points
 
 
-def search(job: Any, prune: Any, evaluation: Any, dense: dict, budget: float) -> dict:
+def search(
+    job: Any, prune: Any, evaluation: Any, dense: dict, budget: float, step: float = SEARCH_STEP
+) -> dict:
     """Prunes `job.model` to the sparsity found, and returns what the report keeps."""
     import torch
 
@@ -37,7 +38,7 @@ def search(job: Any, prune: Any, evaluation: Any, dense: dict, budget: float) ->
         else:
             over = sparsity
         sparsity = round(min(round((within + over) / 2 / 0.0025) * 0.0025, MAX_SPARSITY), 4)
-        if over - within <= STEP or sparsity <= within:  # narrow enough, or at the cap
+        if over - within <= step or sparsity <= within:  # narrow enough, or at the cap
             break
     if best is None:
         worst = min(points, key=lambda p: p["sparsity"])
@@ -49,7 +50,7 @@ def search(job: Any, prune: Any, evaluation: Any, dense: dict, budget: float) ->
     with torch.no_grad():
         job.model.load_state_dict(best[1])
     chosen = next(p for p in points if p["sparsity"] == best[0])
-    return {"max_bpb_ratio": budget, "allocation": job.recipe.allocation,
+    return {"max_bpb_ratio": budget, "allocation": job.recipe.allocation, "step": step,
             "chosen": best[0], "points": sorted(points, key=lambda p: p["sparsity"]),
             "layer_sparsity": chosen.get("layer_sparsity")}  # fmt: skip
 

@@ -90,7 +90,8 @@ def compress(
         if prune and recipe.max_bpb_ratio is not None:
             from app.job.budget import search
 
-            budget = search(job, prune, evaluation, dense_scores, recipe.max_bpb_ratio)
+            budget = search(job, prune, evaluation, dense_scores, recipe.max_bpb_ratio,
+                            recipe.search_step)  # fmt: skip
             targets = [budget["chosen"]]
         for stage, target in enumerate(targets):
             if not prune:

@@ -10,6 +10,9 @@ from app.job import methods
 from app.job.methods import Method, Stage
 
 MAX_SPARSITY = 0.95
+# The budget search's default resolution: it stops when its interval is this narrow (about
+# 6 points from 50%).
+SEARCH_STEP = 0.025
 
 
 class Recipe(BaseModel):
@@ -42,6 +45,7 @@ class Recipe(BaseModel):
     # The largest sparsity whose bits per byte stay within this ratio to dense on both
     # evaluation texts, found by bisection (app/job/budget.py); instead of --sparsity.
     max_bpb_ratio: float | None = None
+    search_step: float = SEARCH_STEP  # the budget search's resolution
     trim_vocab: int | None = None  # keep K vocabulary rows (embedding / LM head)
     vocab_corpus: Path | None = None  # text file or folder to rank tokens by; default: built in
 
@@ -143,7 +147,13 @@ class Recipe(BaseModel):
     def _check_budget(self) -> None:
         if self.allocation not in ("uniform", "owl"):
             raise SparsegateError(f"--allocation must be uniform or owl, not {self.allocation!r}")
+        if not 0.0025 <= self.search_step <= 0.25:
+            raise SparsegateError(
+                f"--search-step must be between 0.0025 and 0.25, not {self.search_step:g}"
+            )
         if self.max_bpb_ratio is None:
+            if self.search_step != SEARCH_STEP:
+                raise SparsegateError("--search-step needs --max-bpb-ratio")
             return
         if self.prune == "none":
             raise SparsegateError("--max-bpb-ratio needs a --prune method")
