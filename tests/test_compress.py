@@ -117,6 +117,11 @@ def test_a_trimmed_record_says_what_was_kept(variants):
     vocab = variants.get(TRIMMED).quality["vocab"]
     assert vocab["k"] == vocab["rows_kept"] == K and vocab["rows_before"] == ROWS
     assert vocab["must_keep"] > 6000  # Gemma's added tokens, bytes, chat template
+    # Mined on the default corpus, weighed by the English prior: both recorded.
+    assert len(vocab["corpus"]["sha256"]) == 64 and vocab["corpus"]["bytes"] > 10_000_000
+    assert "standard library sources" in vocab["corpus"]["source"]
+    assert vocab["prior"]["source"].startswith("wordfreq 3.1.1 (en")
+    assert vocab["prior"]["words"] > 300_000 and len(vocab["prior"]["sha256"]) == 64
     assert 0.9 < vocab["texts"]["pydoc"]["coverage"] < 1
     assert 1 < vocab["texts"]["news"]["tokens_per_byte_ratio"] < 1.3
     assert variants.get(TRIMMED).param_count < 0.6 * variants.get(BASE).param_count
