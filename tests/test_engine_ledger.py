@@ -109,3 +109,36 @@ def test_prompt_tokens_read_from_the_prefix_cache_are_not_counted_as_step_work(m
                                          {"variant": "cached-test", "term": t})
             for t in ("p", "pp", "tp", "k")}  # fmt: skip
     assert sums == {"p": 44, "pp": 44 * 44, "tp": pytest.approx(0.05 * 44), "k": 1}
+
+
+def test_a_stalled_step_counts_at_its_bound_and_a_larger_batch_in_full(monkeypatch):
+    """After its fit has formed, a step of a batch the fit has seen that took far longer than
+    the fit expects (a stall) enters the sums at STALL_RATIO x that, the rest counted apart;
+    a step larger than any the fit has seen is counted in full, so that it teaches the fit."""
+    from app.engines.step_costs import STALL_RATIO
+    from app.metrics.equal_work import TERMS, fit_steps
+
+    monkeypatch.setenv("SPARSEGATE_VARIANT", "stall-test")
+    logger = StepCostLogger()
+
+    def sums() -> dict[str, float]:
+        out = {t: REGISTRY.get_sample_value("sparsegate_engine_step_moments_total",
+                                            {"variant": "stall-test", "term": t}) or 0.0
+               for t in TERMS}  # fmt: skip
+        return {**out, "n": _steps("stall-test", "sparsegate_engine_timed_steps_total")}
+
+    def stalled() -> float:
+        return _steps("stall-test", "sparsegate_engine_step_stall_seconds_total")
+
+    for i in range(64):  # 3 ms a step and 0.5 ms a sequence, prompts of 0 or 40 tokens
+        p, g = 40 * (i % 4 == 0), 1 + i % 4
+        logger.add(0.003 + 0.0005 * g + 1e-5 * p, p, g, r=int(p > 0))
+    expected = fit_steps(sums()).step_seconds(0, 0, 2)
+    assert expected == pytest.approx(0.004)
+    before = sums()["t"]
+    logger.add(0.5, 0, 2)  # a stall: 125 times the step's time
+    assert sums()["t"] - before == pytest.approx(STALL_RATIO * expected, rel=0.01)
+    assert stalled() == pytest.approx(0.5 - STALL_RATIO * expected, rel=0.01)
+    logger.add(0.5, 0, 9)  # nine sequences: a batch the fit has not seen
+    assert sums()["t"] - before == pytest.approx(STALL_RATIO * expected + 0.5, rel=0.01)
+    assert stalled() == pytest.approx(0.5 - STALL_RATIO * expected, rel=0.01)

@@ -222,6 +222,7 @@ def test_equal_work_prices_the_gateways_mean_request_on_every_variant(
     variants = {n: {"url": u, "served_name": served[n], "price_per_hour": 1.0}
                 for n, u in twins.items()}  # fmt: skip
     booked = {n: ledger(u)["probe"] for n, u in twins.items()}
+    stalled = {n: metric(u, "sparsegate_engine_step_stall_seconds_total") for n, u in twins.items()}
     gateway = start_gateway({"variants": variants, "gateway": {"cost_probe_every": PROBE_EVERY}})
     # Long prompts with short answers at concurrency 2 on one, short prompts with long
     # answers at concurrency 5 on the other, at the same time: whatever else the machine
@@ -264,6 +265,10 @@ def test_equal_work_prices_the_gateways_mean_request_on_every_variant(
         rates = row["pricing_tokens_per_byte"]
         assert rates == pytest.approx(shared)
         assert row["tokens_per_byte_source"] == "traffic of its tokenizer"
+        # the stalls left out of the fit: the engine's, since the gateway started
+        assert row["step_stalls"]["seconds"] == pytest.approx(
+            metric(twins[name], "sparsegate_engine_step_stall_seconds_total") - stalled[name]
+        )
         fit = row["step_cost_s"]
         assert fit["steps"] >= 20 and min(fit["fixed"], fit["per_prompt_token"]) >= 0
         prompt_tokens, output_tokens = (

@@ -12,6 +12,17 @@ difference, so whoever reads them (the gateway's compare view) fits the model on
 window it wants (`app.metrics.equal_work`), and equal work is priced from the fit on every
 variant.
 
+Stalls are left out of the sums. On a shared host a step now and then takes 100-1000 times
+its usual time (the OS, a garbage collection, other processes on the cores): one 1.9 s step
+among 183 of about 3 ms put 21 ms on the fixed cost of a tiny engine's fit, and one of
+218 ms among 24 steps of two sequences put 6.6 ms on each output token of another. Such an
+outlier's leverage, not the work, then decides the price. A step that took more than
+`STALL_RATIO` times what the engine's own fit expects of its batch counts at that bound,
+and the rest is counted apart (`sparsegate_engine_step_stall_seconds_total`, in the compare
+view). Only a step within what the fit has seen (no larger prompt, batch or prefill count)
+is bounded, so that a first long prompt teaches the fit its cost instead of being cut to
+the fit's guess.
+
 This module is imported by vLLM, never by the gateway.
 """
 
@@ -21,7 +32,10 @@ from prometheus_client import Counter
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from app.engines.ledger import scoring_in_flight
-from app.metrics.equal_work import TERMS  # the sums the fit reads, named once
+from app.metrics.equal_work import TERMS, StepFit, fit_steps  # the fit, named once
+
+STALL_RATIO = 4.0
+REFIT_EVERY = 16  # steps between refits of the fit that bounds stalls
 
 STEPS = Counter(
     "sparsegate_engine_timed_steps",
@@ -35,6 +49,12 @@ MOMENTS = Counter(
     "pg, tr, tp, tg): least squares' sufficient statistics; k counts the steps that "
     "prefilled (p > 0)",
     ["variant", "term"],
+)
+STALLED = Counter(
+    "sparsegate_engine_step_stall_seconds",
+    f"Time timed steps took beyond {STALL_RATIO:g} x what the engine's step-cost fit "
+    "expects of their batch (stalls), left out of the fit's sums",
+    ["variant"],
 )
 SKIPPED = Counter(
     "sparsegate_engine_untimed_scoring_steps",
@@ -50,6 +70,11 @@ class StepCostLogger(StatLoggerBase):
         self._moments = {term: MOMENTS.labels(self.variant, term) for term in TERMS}
         self._steps = STEPS.labels(self.variant)
         self._skipped = SKIPPED.labels(self.variant)
+        self._stalled = STALLED.labels(self.variant)
+        self._sums = dict.fromkeys(("n", *TERMS), 0.0)  # this process's, for the bound
+        self._fit: StepFit | None = None
+        self._largest = {"p": 0, "g": 0, "r": 0}  # of each term, in the sums
+        self._seen = dict(self._largest)  # ... as of the fit
 
     def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
         # A sequence that decoded in the previous step and in this one has, as its
@@ -71,11 +96,30 @@ class StepCostLogger(StatLoggerBase):
 
     def add(self, t: float, p: int, g: int, r: int = 0) -> None:
         self._steps.inc()
+        bound = self._bound(p, g, r)
+        if t > bound:
+            self._stalled.inc(t - bound)
+            t = bound
         x = {"t": t, "p": p, "g": g, "r": r}
         x["k"] = 1 if p else 0  # counts the steps that prefilled
+        self._sums["n"] += 1
         for term, counter in self._moments.items():
             # a two-letter term is the product of its letters' values
-            counter.inc(x[term] if len(term) == 1 else x[term[0]] * x[term[1]])
+            value = x[term] if len(term) == 1 else x[term[0]] * x[term[1]]
+            counter.inc(value)
+            self._sums[term] += value
+        for key in self._largest:
+            self._largest[key] = max(self._largest[key], x[key])
+        if self._sums["n"] % REFIT_EVERY == 0:
+            self._fit, self._seen = fit_steps(self._sums), dict(self._largest)
+
+    def _bound(self, p: int, g: int, r: int) -> float:
+        """The most a step of this batch is counted at: unbounded before a fit, and for a
+        batch larger in any term than those the fit has seen."""
+        within = p <= self._seen["p"] and g <= self._seen["g"] and r <= self._seen["r"]
+        if self._fit is None or not within:
+            return float("inf")
+        return STALL_RATIO * self._fit.step_seconds(r, p, g)
 
     def log_engine_initialized(self) -> None:
         pass

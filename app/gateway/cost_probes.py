@@ -10,12 +10,19 @@ prompt, `CARRIER_TOKENS` generated) streams first; once it decodes, a probe prom
 `PROBE_WORDS[i]` words (cycled) is sent, so that its prefill runs in a step where a
 sequence decodes: the steps the fit times (app/engines/step_costs.py).
 
+The carriers also vary the batch: a round runs 1 or 4 of them (`CARRIERS`, fewer where the
+engine's `max_inflight` leaves less room). An engine whose traffic decodes one or two
+sequences at a time cannot otherwise tell a step's fixed cost from its cost per sequence,
+and that split decides the price of a reference request at another concurrency (O a / C
+against b_g O, app/metrics/equal_work.py).
+
 One round is sent for every `cost_probe_every` requests a gateway process has completed
-on an engine, at most one at a time per engine, and none while the engine is at its
-`max_inflight`: the probes cost a fixed share of the traffic and nothing on an idle
-engine. Both requests are charged to the engine ledger's `probe` account, never to a user.
-Each prompt opens with a fresh random number, so the prefix cache never serves it (the fit
-counts only the prompt tokens a step computed).
+on an engine, at most one at a time per engine, and none where the engine's `max_inflight`
+leaves no room for a carrier beside the probe: the probes cost a fixed share of the
+traffic and nothing on an idle engine. Every request of a round is charged to the engine
+ledger's `probe` account, never to a user. Each prompt opens with a fresh random number,
+so the prefix cache never serves it (the fit counts only the prompt tokens a step
+computed).
 """
 
 import asyncio
@@ -27,6 +34,9 @@ from app.metrics import definitions as m
 
 log = logging.getLogger("sparsegate.probes")
 PROBE_WORDS = (8, 64, 256)
+# Carriers per round, cycled apart from the prompt sizes (every pairing comes round): the
+# batch varies too, so that the fit tells a step's fixed cost from its cost per sequence.
+CARRIERS = (1, 4)  # two, so that PROBE_WORDS' three sizes meet each
 CARRIER_TOKENS = 32
 PROBE_TOKENS = 4
 SENT, SKIPPED, FAILED = "sent", "skipped", "failed"
@@ -60,13 +70,15 @@ class CostProbes:
         self._served[name] += 1
         if self._served[name] % self.every:
             return
-        engine = self.engines[name]
-        if name in self._tasks or engine.inflight + 2 > engine.config.max_inflight:
+        engine, i = self.engines[name], self._rounds[name]
+        # as many carriers as the engine's bound leaves room for, beside the probe
+        room = engine.config.max_inflight - engine.inflight - 1
+        words, carriers = PROBE_WORDS[i % len(PROBE_WORDS)], min(CARRIERS[i % 2], room)
+        if name in self._tasks or carriers < 1:
             m.COST_PROBES.labels(name, SKIPPED).inc()
             return
-        words = PROBE_WORDS[self._rounds[name] % len(PROBE_WORDS)]
         self._rounds[name] += 1
-        task = asyncio.create_task(self._round(engine, words))
+        task = asyncio.create_task(self._round(engine, words, carriers))
         self._tasks[name] = task
         task.add_done_callback(lambda _t: self._tasks.pop(name, None))
 
@@ -74,29 +86,21 @@ class CostProbes:
         if self._tasks:
             await asyncio.wait(set(self._tasks.values()), timeout=30)
 
-    async def _round(self, engine: Engine, words: int) -> None:
+    async def _round(self, engine: Engine, words: int, carriers: int) -> None:
         model = engine.config.served_name or engine.name
-        carrier = {"model": model, "prompt": prompt(4, self.rng), "max_tokens": CARRIER_TOKENS,
-                   "ignore_eos": True, "temperature": 0, "stream": True}  # fmt: skip
         probe = {"model": model, "prompt": prompt(words, self.rng), "max_tokens": PROBE_TOKENS,
                  "ignore_eos": True, "temperature": 0}  # fmt: skip
-        engine.enter()
-        engine.enter()
+        for _ in range(carriers + 1):
+            engine.enter()
+        streams: list = []
         try:
-            response = await send(engine, "/v1/completions", carrier, stream=True,
-                                  account="probe")  # fmt: skip
-            try:
-                if response.status != 200:
-                    raise ValueError(f"the carrier was answered {response.status}")
-                events = relay_sse(response, client_wants_usage=False, timings=Timings(),
-                                   usage={}, text=None)  # fmt: skip
-                await anext(events)  # the carrier decodes from here on
-                answer = await send(engine, "/v1/completions", probe, stream=False,
-                                    account="probe")  # fmt: skip
+            for _ in range(carriers):  # each decoding before the next is sent
+                streams.append(await self._carrier(engine, model))
+            answer = await send(engine, "/v1/completions", probe, stream=False,
+                                account="probe")  # fmt: skip
+            for _, events in streams:
                 async for _ in events:
                     pass
-            finally:
-                response.release()
             if answer.status != 200:
                 raise ValueError(f"the probe was answered {answer.status}")
             m.COST_PROBES.labels(engine.name, SENT).inc()
@@ -104,5 +108,23 @@ class CostProbes:
             log.warning("cost probe on %s failed: %s", engine.name, e)
             m.COST_PROBES.labels(engine.name, FAILED).inc()
         finally:
-            engine.leave()
-            engine.leave()
+            for response, _ in streams:
+                response.release()
+            for _ in range(carriers + 1):
+                engine.leave()
+
+    async def _carrier(self, engine: Engine, model: str) -> tuple:
+        """A carrier streaming, once it has decoded its first token: (response, events)."""
+        body = {"model": model, "prompt": prompt(4, self.rng), "max_tokens": CARRIER_TOKENS,
+                "ignore_eos": True, "temperature": 0, "stream": True}  # fmt: skip
+        response = await send(engine, "/v1/completions", body, stream=True, account="probe")
+        try:
+            if response.status != 200:
+                raise ValueError(f"a carrier was answered {response.status}")
+            events = relay_sse(response, client_wants_usage=False, timings=Timings(),
+                               usage={}, text=None)  # fmt: skip
+            await anext(events)
+        except BaseException:
+            response.release()
+            raise
+        return response, events

@@ -24,7 +24,8 @@ LOWER_IS_BETTER = ("ttft_p50_s", "ttft_p95_s", "itl_p50_s", "itl_p95_s",
 QUALITY_TERMS = ("n", "x", "y", "xx", "yy", "xy")
 QSUMS = "sparsegate_quality_sums_total"
 COST_KEYS = ("engine_busy_s", "charged_s", "raw_dollars_per_million_bytes", "step_cost_s",
-             "step_batch", "step_prompt", "equal_work_dollars_per_million_bytes")  # fmt: skip
+             "step_stalls", "step_batch", "step_prompt",
+             "equal_work_dollars_per_million_bytes")  # fmt: skip
 
 
 def variant_figures(name: str, samples: Samples, facts: VariantFacts | None) -> dict:
@@ -171,12 +172,20 @@ def cost_figures(totals: dict | None, out_bytes: float, mix: Mix, price: float, 
             {"fixed": fit.a, "per_request": fit.b_r, "per_prompt_token": fit.b_p,
              "per_output_token": fit.b_g, "steps": fit.steps} if fit else None
         ),
+        "step_stalls": stalls(totals),
         "step_batch": batch_range(fit, mix.inflight) if fit else None,
         "step_prompt": prompt_range(fit, mix, rates) if fit else None,
         "equal_work_dollars_per_million_bytes": (
             dollars_per_million_output_bytes(fit, mix, rates, price) if fit else None
         ),
     }  # fmt: skip
+
+
+def stalls(totals: dict) -> dict:
+    """Time the engine's timed steps spent in stalls, left out of its fit
+    (app/engines/step_costs.py), and their share of all timed step time."""
+    stalled, timed = totals.get("stall_s", 0.0), totals.get("m.t", 0.0)
+    return {"seconds": stalled, "share": stalled / (stalled + timed) if stalled else 0.0}
 
 
 def batch_range(fit: StepFit, inflight: float) -> dict:

@@ -52,6 +52,10 @@ class StepFit:
     prompt_sd: float = 0.0
     b_r: float = 0.0  # seconds per request prefilled (0 where prompts did not vary)
 
+    def step_seconds(self, r: float, p: float, g: float) -> float:
+        """One step's expected time: r prefills ending, p prompt tokens, g decoding."""
+        return self.a + self.b_r * r + self.b_p * p + self.b_g * g
+
     def request_seconds(self, prompt_tokens: float, output_tokens: float, inflight: float) -> float:
         return (
             output_tokens * self.a / max(inflight, 1.0)
@@ -146,6 +150,7 @@ ACCOUNTS = ("user", "shadow", "quality", "probe", "direct")
 def engine_totals(samples: Samples) -> dict[str, float]:
     """The figures the gateway reads from one engine's /metrics (its ledger and step sums)."""
     out = {f"m.{k}": v for k, v in moments_any(samples).items()}
+    out["stall_s"] = samples.sum("sparsegate_engine_step_stall_seconds_total")
     out["busy_s"] = samples.sum("sparsegate_engine_busy_seconds_total")
     out["request_s"] = samples.sum("sparsegate_engine_request_seconds_total")
     for account in ACCOUNTS:
