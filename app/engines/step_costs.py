@@ -15,12 +15,12 @@ variant.
 Stalls are left out of the sums. On a shared host a step now and then takes 100-1000 times
 its usual time (the OS, a garbage collection, other processes on the cores): one 1.9 s step
 among 183 of about 3 ms put 21 ms on the fixed cost of a tiny engine's fit (2.6 ms with the
-stalls bounded). Such an outlier's leverage, not the work, then decides the price. A step that took
-more than `STALL_RATIO` times what the engine's own fit expects of its batch counts at that
-bound, and the rest is counted apart (`sparsegate_engine_step_stall_seconds_total`, in the
-compare view). Only a step within what the fit has seen (no larger prompt, batch or prefill
-count) is bounded, so that a first long prompt teaches the fit its cost instead of being
-cut to the fit's guess.
+stalls bounded). Such an outlier's leverage, not the work, then decides the price. A step
+that took more than `STALL_RATIO` times what the engine's own fit expects of its batch
+counts at that bound, and the rest is counted apart
+(`sparsegate_engine_step_stall_seconds_total`, in the compare view). Only a step within
+what the fit has seen (no larger prompt, batch or prefill count) is bounded, so that a
+first long prompt teaches the fit its cost instead of being cut to the fit's guess.
 
 This module is imported by vLLM, never by the gateway.
 """

@@ -73,7 +73,7 @@ class CostProbes:
         engine, i = self.engines[name], self._rounds[name]
         # as many carriers as the engine's bound leaves room for, beside the probe
         room = engine.config.max_inflight - engine.inflight - 1
-        words, carriers = PROBE_WORDS[i % len(PROBE_WORDS)], min(CARRIERS[i % 2], room)
+        words, carriers = PROBE_WORDS[i % len(PROBE_WORDS)], min(CARRIERS[i % len(CARRIERS)], room)
         if name in self._tasks or carriers < 1:
             m.COST_PROBES.labels(name, SKIPPED).inc()
             return
